@@ -1,0 +1,27 @@
+"""llm2nifti: treat a language model as a brain.
+
+Export MLP neuron activations as BIDS-style pseudo-4D NIfTI runs, analyse them
+with unchanged neuroimaging tools (nilearn, FSL MELODIC, viewers), map
+component maps back to neurons, and test those neurons with masking hooks.
+"""
+
+__version__ = "0.1.0"
+
+from .errors import UserError  # noqa: E402
+from .export import ExportResult, export  # noqa: E402
+from .layout import NeuronLayout, neuron_label  # noqa: E402
+from .models import LoadedModel, load_model  # noqa: E402
+from .sites import find_blocks, hook_point, site_hooks  # noqa: E402
+
+__all__ = [
+    "ExportResult",
+    "LoadedModel",
+    "NeuronLayout",
+    "UserError",
+    "export",
+    "find_blocks",
+    "hook_point",
+    "load_model",
+    "neuron_label",
+    "site_hooks",
+]

@@ -1,0 +1,32 @@
+"""The ``llm2nifti`` command: a thin click layer over the Python API.
+
+Each command lives in its own module and only parses options, calls the API
+function of the same name and prints. A :class:`~llm2nifti.errors.UserError`
+becomes a one-line ``Error: ...`` on stderr and exit status 1; click's own
+usage errors exit with 2.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from ..errors import UserError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            raise click.ClickException(str(err).replace("\n", " ")) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="llm2nifti")
+def main():
+    """Treat a language model as a brain: export neuron activations as NIfTI,
+    run neuroimaging tools on them, and map the results back to neurons."""
+
+
+from . import export_cmd  # noqa: E402,F401  (commands register themselves on `main`)

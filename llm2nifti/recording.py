@@ -1,0 +1,64 @@
+"""Recording a site's activations over token windows with forward hooks."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .sites import Blocks, site_hooks
+
+
+def trunk(model):
+    """The part of a model that computes the blocks, without the LM head.
+
+    Exports need no logits; skipping the head saves its vocabulary-sized matmul.
+    """
+    base = getattr(model, "base_model", None)
+    return base if isinstance(base, torch.nn.Module) else model
+
+
+@torch.inference_mode()
+def record(model, blocks: Blocks, site: str, input_ids: np.ndarray, bos_id: int | None = None,
+           device: str = "cpu") -> np.ndarray:
+    """Activations at ``site`` for a batch of equal-length token windows.
+
+    Parameters
+    ----------
+    input_ids : ndarray of shape (batch, tokens)
+    bos_id : int, optional
+        Prepended to each window when given; its position is not returned.
+
+    Returns
+    -------
+    ndarray of shape (batch, tokens, n_layers * n_neurons), float32
+        Column ``layer * n_neurons + neuron``.
+    """
+    batch, n_tokens = input_ids.shape
+    n_neurons = blocks.n_neurons(site)
+    out = np.empty((batch, n_tokens, blocks.n_layers, n_neurons), dtype=np.float32)
+    offset = 0
+    ids = torch.as_tensor(input_ids, dtype=torch.long)
+    if bos_id is not None:
+        ids = torch.cat([torch.full((batch, 1), bos_id, dtype=torch.long), ids], dim=1)
+        offset = 1
+
+    def grab(layer, tensor):
+        out[:, :, layer, :] = tensor[:, offset:, :].float().cpu().numpy()
+
+    with site_hooks(blocks, site, grab):
+        trunk(model)(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device))
+    return out.reshape(batch, n_tokens, -1)
+
+
+def check_finite(acts: np.ndarray, n_neurons: int, where: str) -> None:
+    """Raise a user-facing error naming the first non-finite activation."""
+    if np.isfinite(acts).all():
+        return
+    index = np.argwhere(~np.isfinite(acts))[0]
+    token, column = int(index[-2]), int(index[-1])
+    layer, neuron = divmod(column, n_neurons)
+    raise UserError(
+        f"non-finite activation at L{layer}N{neuron}, token {token} of {where}: "
+        "the model overflows on this text (try float32 weights or another model)"
+    )
