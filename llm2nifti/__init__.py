@@ -8,20 +8,28 @@ component maps back to neurons, and test those neurons with masking hooks.
 __version__ = "0.1.0"
 
 from .errors import UserError  # noqa: E402
+from .evaluate import mask_eval  # noqa: E402
 from .export import ExportResult, export  # noqa: E402
+from .importer import import_components  # noqa: E402
 from .layout import NeuronLayout, neuron_label  # noqa: E402
+from .masking import apply_mask  # noqa: E402
 from .models import LoadedModel, load_model  # noqa: E402
+from .neuronmask import NeuronMask  # noqa: E402
 from .sites import find_blocks, hook_point, site_hooks  # noqa: E402
 
 __all__ = [
     "ExportResult",
     "LoadedModel",
+    "NeuronMask",
     "NeuronLayout",
     "UserError",
+    "apply_mask",
     "export",
     "find_blocks",
     "hook_point",
+    "import_components",
     "load_model",
+    "mask_eval",
     "neuron_label",
     "site_hooks",
 ]

@@ -27,7 +27,7 @@ from .fileio import write_json, write_text
 BIDS_VERSION = "1.10.0"
 EXPORT_RECORD = "export.json"
 NEURONS_TSV = "neurons.tsv"
-BIDSIGNORE = ("export.json", "neurons.tsv", "atlas/", "figures/", "*.lut", "*.xml")
+BIDSIGNORE = ("export.json", "neurons.tsv", "atlas", "*_boldref.nii.gz", "figures", "*.lut", "*.xml")
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,11 @@ class DatasetPaths:
     def dseg(self) -> Path:
         return self.func / f"{self.prefix}_desc-layers_dseg.nii.gz"
 
+    @staticmethod
+    def json_for(image: Path) -> Path:
+        """The JSON sidecar beside a ``.nii.gz`` image."""
+        return image.with_name(image.name.removesuffix(".nii.gz") + ".json")
+
     @property
     def dseg_tsv(self) -> Path:
         return self.func / f"{self.prefix}_desc-layers_dseg.tsv"
@@ -78,6 +83,11 @@ class DatasetPaths:
     @property
     def mean(self) -> Path:
         return self.func / f"{self.prefix}_desc-mean_boldref.nii.gz"
+
+    @property
+    def events_json(self) -> Path:
+        """Task-level sidecar that describes the events columns for every run (BIDS inheritance)."""
+        return self.root / f"task-{self.task}_events.json"
 
     @property
     def atlas_dir(self) -> Path:
@@ -110,14 +120,55 @@ def write_description(path: Path, name: str, version: str, source: dict) -> None
     })
 
 
+EVENTS_SIDECAR = {
+    "Description": "One row per volume: the token the model read at that time point.",
+    "onset": {"Description": "Token position in the run times RepetitionTime", "Units": "s"},
+    "duration": {"Description": "One token", "Units": "s"},
+    "token": {"Description": r'Decoded token text; escaped as \t \n \r \\ \" (tab, newline, CR, backslash, '
+                         r'double quote); n/a if empty'},
+    "token_id": {"Description": "Token id in the model's vocabulary"},
+}
+
+
+def run_sidecar(settings: dict, task: str, tr: float) -> dict:
+    """Sidecar of one bold run: BIDS keys first, then llm2nifti's provenance."""
+    return {
+        "RepetitionTime": tr,
+        "TaskName": task,
+        "SkullStripped": True,
+        "Description": (
+            f"Activations of {settings['ModelID']} at {settings['Site']} ({settings['HookPoint']}): "
+            "voxels are neurons (see neurons.tsv), volumes are tokens (see _events.tsv)"
+        ),
+        **settings,
+    }
+
+
+def write_readme(root: Path, settings: dict) -> None:
+    write_text(root / "README", (
+        f"llm2nifti export of {settings['ModelID']}\n\n"
+        "Pseudo-4D NIfTI runs of language-model neuron activations: each voxel is one neuron\n"
+        f"(site {settings['Site']}, {settings['NumLayers']} layers x {settings['NeuronsPerLayer']} neurons, "
+        f"{settings['Layout']} layout) and each volume is one token of the text {settings['Corpus']}.\n"
+        "neurons.tsv maps voxels (i, j, k) to (layer, neuron); *_events.tsv lists the token of every volume;\n"
+        "export.json records the model, its hashes and every export setting.\n"
+    ))
+
+
 def write_bidsignore(root: Path) -> None:
     write_text(root / ".bidsignore", "\n".join(BIDSIGNORE) + "\n")
 
 
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", '"': '\\"'})
+
+
 def _tsv_cell(text: str) -> str:
-    """Token text as one TSV cell: backslash and control characters escaped, empty as n/a."""
-    cell = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    return cell or "n/a"
+    """Token text as one TSV cell, readable by csv and pandas defaults.
+
+    Backslash, tab, newline, carriage return and double quote (which those
+    readers take as quoting) are backslash-escaped; an empty token is n/a.
+    """
+    return text.translate(_TSV_ESCAPES) or "n/a"
 
 
 def events_tsv(token_ids, token_texts, tr: float) -> str:

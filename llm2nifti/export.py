@@ -102,13 +102,6 @@ def _check_resumable(record_path: Path, settings: dict) -> None:
         raise UserError(f"cannot resume: the existing export used other settings ({detail})")
 
 
-def _run_sidecar(settings: dict, corpus_task: str, run: int, offset: int) -> dict:
-    sidecar = {"RepetitionTime": REPETITION_TIME, "TaskName": corpus_task}
-    sidecar.update({k: v for k, v in settings.items() if k not in ("Status", "NumRuns")})
-    sidecar.update({"Run": run, "TokenOffset": offset})
-    return sidecar
-
-
 def export(
     out: str | Path,
     model: str | LoadedModel | None = None,
@@ -238,7 +231,8 @@ def export(
     def write_run(run: int, acts: np.ndarray) -> int:
         offset = (run - 1) * run_tokens
         ids = runs[run - 1]
-        write_json(paths.sidecar(run), _run_sidecar(settings, corpus.name, run, offset))
+        sidecar = {**bids.run_sidecar(settings, corpus.name, REPETITION_TIME), "Run": run, "TokenOffset": offset}
+        write_json(paths.sidecar(run), sidecar)
         write_text(paths.events(run), bids.events_tsv(ids, token_texts(loaded.tokenizer, ids), REPETITION_TIME))
         img = nifti.run_image(grid, acts, REPETITION_TIME, dtype, descrip, nifti2)
         nifti.save(img, paths.bold(run))
@@ -276,6 +270,7 @@ def export(
         __version__,
         {"ModelID": loaded.model_id, "Corpus": corpus.source},
     )
+    bids.write_readme(out, settings)
     write_json(paths.record, {**settings, "Status": "complete"})
     return ExportResult(out, n_runs, n_tokens, grid.n_total, n_skipped, bytes_written,
                         time.perf_counter() - started, grid, paths, settings)
@@ -309,6 +304,9 @@ def _write_static(paths: bids.DatasetPaths, grid: NeuronLayout, model_id: str, s
     nifti.save(atlas, paths.dseg)
     nifti.save(atlas, paths.atlas_dir / "layers.nii.gz")
     write_text(paths.dseg_tsv, bids.dseg_tsv(grid.n_layers))
+    write_json(paths.json_for(paths.mask), {"Description": "Binary mask: non-zero voxels are exactly the neurons",
+                                            "Type": "Brain"})
+    write_json(paths.json_for(paths.dseg), {"Description": "Layer atlas: value = layer + 1 at each neuron, 0 elsewhere"})
     write_text(paths.atlas_dir / "layers.lut", bids.fsl_lut(grid.n_layers))
     centres = [np.rint(grid.voxels[layer * grid.n_neurons:(layer + 1) * grid.n_neurons].mean(axis=0)).astype(int)
                for layer in range(grid.n_layers)]
@@ -316,5 +314,6 @@ def _write_static(paths: bids.DatasetPaths, grid: NeuronLayout, model_id: str, s
                bids.fsl_atlas_xml(f"llm2nifti layers: {model_id} {site}", "layers", np.array(centres)))
     grid.write_tsv(paths.neurons_tsv)
     bids.write_bidsignore(paths.root)
+    write_json(paths.events_json, bids.EVENTS_SIDECAR)
     files = [paths.mask, paths.dseg, paths.dseg_tsv, paths.neurons_tsv, *paths.atlas_dir.iterdir()]
     return sum(p.stat().st_size for p in files)

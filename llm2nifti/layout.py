@@ -98,8 +98,8 @@ class NeuronLayout:
     n_neurons: int
     kind: str = "grid"
     voxel_size: float = VOXEL_SIZE_MM
-    shape: tuple = field(init=False)
-    voxels: np.ndarray = field(init=False, repr=False)
+    shape: tuple = field(init=False, compare=False)
+    voxels: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.kind not in LAYOUTS:

@@ -30,3 +30,5 @@ def main():
 
 
 from . import export_cmd  # noqa: E402,F401  (commands register themselves on `main`)
+
+from . import import_cmd, mask_eval_cmd  # noqa: E402,F401  # isort: skip
