@@ -85,7 +85,9 @@ def _prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> bool:
             raise UserError(f"cannot resume {out}: it has no {bids.EXPORT_RECORD}, so it is not an llm2nifti export")
         return True
     if not overwrite:
-        raise UserError(f"output directory {out} already exists; use --resume to finish it or --overwrite to replace it")
+        raise UserError(
+            f"output directory {out} already exists; use --resume to finish it or --overwrite to replace it"
+        )
     if not is_export:
         raise UserError(f"refusing to overwrite {out}: it is not empty and not an llm2nifti export")
     shutil.rmtree(out)
@@ -211,7 +213,7 @@ def export(
         remove_partials(out)
     paths.func.mkdir(parents=True, exist_ok=True)
     write_json(paths.record, {**settings, "Status": "incomplete"})
-    bytes_written = _write_static(paths, grid, loaded.model_id, site)
+    bytes_written = _write_static(paths, grid, settings)
 
     n_skipped = 0
     totals = np.zeros(grid.n_total, dtype=np.float64)
@@ -257,6 +259,11 @@ def export(
         for future in pending:
             bytes_written += future.result()
             bar.update()
+    except UserError:
+        writer.shutdown(wait=True, cancel_futures=True)
+        if not existed and not any(paths.bold(run).exists() for run in range(1, n_runs + 1)):
+            shutil.rmtree(out, ignore_errors=True)  # nothing worth resuming: leave no directory behind
+        raise
     finally:
         writer.shutdown(wait=True, cancel_futures=True)
         bar.close()
@@ -296,7 +303,7 @@ def _column_sums(path: Path, grid: NeuronLayout) -> np.ndarray:
     return data[tuple(grid.voxels.T)].sum(axis=-1, dtype=np.float64)
 
 
-def _write_static(paths: bids.DatasetPaths, grid: NeuronLayout, model_id: str, site: str) -> int:
+def _write_static(paths: bids.DatasetPaths, grid: NeuronLayout, settings: dict) -> int:
     """Mask, layer atlas (BIDS dseg + FSL atlas), neurons.tsv and .bidsignore."""
     paths.atlas_dir.mkdir(parents=True, exist_ok=True)
     nifti.save(nifti.volume_image(grid, 1, np.uint8, "llm2nifti neuron mask"), paths.mask)
@@ -305,13 +312,15 @@ def _write_static(paths: bids.DatasetPaths, grid: NeuronLayout, model_id: str, s
     nifti.save(atlas, paths.atlas_dir / "layers.nii.gz")
     write_text(paths.dseg_tsv, bids.dseg_tsv(grid.n_layers))
     write_json(paths.json_for(paths.mask), {"Description": "Binary mask: non-zero voxels are exactly the neurons",
-                                            "Type": "Brain"})
-    write_json(paths.json_for(paths.dseg), {"Description": "Layer atlas: value = layer + 1 at each neuron, 0 elsewhere"})
+                                            "Type": "Brain", **settings})
+    write_json(paths.json_for(paths.dseg),
+               {"Description": "Layer atlas: value = layer + 1 at each neuron, 0 elsewhere", **settings})
     write_text(paths.atlas_dir / "layers.lut", bids.fsl_lut(grid.n_layers))
     centres = [np.rint(grid.voxels[layer * grid.n_neurons:(layer + 1) * grid.n_neurons].mean(axis=0)).astype(int)
                for layer in range(grid.n_layers)]
     write_text(paths.atlas_dir / "layers.xml",
-               bids.fsl_atlas_xml(f"llm2nifti layers: {model_id} {site}", "layers", np.array(centres)))
+               bids.fsl_atlas_xml(f"llm2nifti layers: {settings['ModelID']} {settings['Site']}", "layers",
+                                      np.array(centres)))
     grid.write_tsv(paths.neurons_tsv)
     bids.write_bidsignore(paths.root)
     write_json(paths.events_json, bids.EVENTS_SIDECAR)

@@ -65,6 +65,7 @@ _VOLATILE_CONFIG_KEYS = {
     "_attn_implementation_autoset",
     "_attn_implementation",
     "use_cache",
+    "architectures",  # names the wrapper class; GGUF configs leave it unset
 }
 
 

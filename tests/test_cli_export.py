@@ -128,8 +128,7 @@ def test_non_finite_activations(tmp_path, text_file):
     code, out = run_cli("--model", path, "--text", text_file, "--run-tokens", "32", "--out", tmp_path / "o",
                         "--quiet")
     assert_one_line_error(code, out, r"non-finite activation at L1N3, token 0 of run 1")
-    assert not list((tmp_path / "o").rglob("*_bold.nii.gz"))
-    assert not (tmp_path / "o" / "dataset_description.json").exists()
+    assert not (tmp_path / "o").exists()  # nothing to resume, so nothing left behind
 
 
 def test_hub_id_offline(tmp_path, monkeypatch):

@@ -117,8 +117,8 @@ def test_every_mode_and_site_matches_a_hand_written_hook(arch):
                     got = forward(loaded, ids)
                 torch.testing.assert_close(got, expected, rtol=0, atol=1e-6, msg=f"{arch} {site} {mode}")
                 assert not torch.allclose(got, baseline), f"{arch} {site} {mode} changed nothing"
-                assert torch.equal(forward(loaded, ids), baseline), f"{arch} {site} {mode}: not restored"
-                assert no_hooks_left(model)
+                assert no_hooks_left(model), f"{arch} {site} {mode}: hooks left behind"
+            assert torch.equal(forward(loaded, ids), baseline), f"{arch} {site}: output not restored"
 
 
 @pytest.mark.parametrize("site", SITES)

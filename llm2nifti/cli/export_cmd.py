@@ -22,27 +22,34 @@ Examples:
 
 
 @main.command("export", epilog=EPILOG)
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output directory (BIDS-style derivative dataset).")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Output directory (BIDS-style derivative dataset).")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True,
               help=f"Built-in alias ({', '.join(ALIASES)}), .gguf file, local Hugging Face directory or hub id.")
 @click.option("--text", default="pydoc", show_default=True,
-              help="Text file, .jsonl file, '-' for stdin, or 'pydoc' for the built-in corpus (CPython's pydoc topics).")
+              help="Text file, .jsonl file, '-' for stdin, or 'pydoc': the built-in corpus (CPython's pydoc topics).")
 @click.option("--text-field", default="text", show_default=True, help="JSONL key that holds each document's text.")
 @click.option("--site", type=click.Choice(SITES), default=DEFAULT_SITE, show_default=True,
               help="mlp.out: MLP output (d_model); mlp.hidden: MLP intermediate neurons; resid: block output.")
 @click.option("--layout", type=click.Choice(LAYOUTS), default="grid", show_default=True,
               help="grid: one axial slice per layer; brain: neurons packed in a head-shaped mask.")
-@click.option("--run-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="Tokens (volumes) per run.")
-@click.option("--max-runs", type=click.IntRange(min=0), default=8, show_default=True, help="At most this many runs; 0 for the whole text.")
-@click.option("--context", type=click.IntRange(min=1), default=None, help="Tokens per forward pass (divides --run-tokens). Default: the whole run.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Context windows per forward pass.")
+@click.option("--run-tokens", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Tokens (volumes) per run.")
+@click.option("--max-runs", type=click.IntRange(min=0), default=8, show_default=True,
+              help="At most this many runs; 0 for the whole text.")
+@click.option("--context", type=click.IntRange(min=1), default=None,
+              help="Tokens per forward pass (divides --run-tokens). Default: the whole run.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Context windows per forward pass.")
 @click.option("--dtype", type=click.Choice(["float32", "int16"]), default="float32", show_default=True,
               help="On-disk data type; int16 stores scl_slope/scl_inter.")
 @click.option("--nifti2", is_flag=True, help="Write NIfTI-2 (needed for runs longer than 32767 tokens).")
 @click.option("--resume", is_flag=True, help="Finish an interrupted export, keeping its complete runs.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing llm2nifti export in --out.")
-@click.option("--blocks", default=None, help="Dotted path of the block list, for unknown architectures (e.g. model.layers).")
-@click.option("--down-proj", default=None, help="Dotted path of the MLP down projection inside a block (e.g. mlp.down_proj).")
+@click.option("--blocks", default=None,
+              help="Dotted path of the block list, for unknown architectures (e.g. model.layers).")
+@click.option("--down-proj", default=None,
+              help="Dotted path of the MLP down projection inside a block (e.g. mlp.down_proj).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, cuda:1, ...).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def export_command(out, model, text, text_field, site, layout, run_tokens, max_runs, context, batch_size, dtype,
