@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from .fileio import remove_partials, write_json, write_text
 from .layout import NeuronLayout
 from .models import DEFAULT_MODEL, LoadedModel, load_model, model_label
 from .recording import check_finite, record
-from .sites import DEFAULT_SITE, check_site, find_blocks, hook_point
+from .sites import DEFAULT_SITE, HOOK_POINTS, check_site, find_blocks
 from .text import bos_token_id, cut_runs, load_corpus, token_texts, tokenize
 
 REPETITION_TIME = 1.0  # one token per second: a convention, not a measurement
@@ -191,7 +192,7 @@ def export(
         "llm2niftiVersion": __version__,
         **loaded.provenance,
         "Site": site,
-        "HookPoint": hook_point(site, 0).replace(".0.", ".{layer}."),
+        "HookPoint": HOOK_POINTS[site],
         "BlocksPath": found.blocks_path,
         "DownProjPath": found.down_proj_path,
         "Layout": layout,
@@ -215,33 +216,22 @@ def export(
     write_json(paths.record, {**settings, "Status": "incomplete"})
     bytes_written = _write_static(paths, grid, settings)
 
-    n_skipped = 0
-    totals = np.zeros(grid.n_total, dtype=np.float64)
-    todo = []
-    for run in range(1, n_runs + 1):
-        if existed and all(p.exists() for p in paths.run_files(run)):
-            totals += _column_sums(paths.bold(run), grid)
-            n_skipped += 1
-        else:
-            todo.append(run)
-
-    bar = tqdm(total=n_runs, initial=n_skipped, unit="run", desc="export", disable=not progress)
-    descrip = f"llm2nifti {site} {subject}"
-    writer = ThreadPoolExecutor(max_workers=1)
-    pending: list[Future] = []
+    done = [run for run in range(1, n_runs + 1) if existed and all(p.exists() for p in paths.run_files(run))]
+    totals = sum((_column_sums(paths.bold(run), grid) for run in done), np.zeros(grid.n_total))
+    todo = [run for run in range(1, n_runs + 1) if run not in done]
 
     def write_run(run: int, acts: np.ndarray) -> int:
-        offset = (run - 1) * run_tokens
         ids = runs[run - 1]
-        sidecar = {**bids.run_sidecar(settings, corpus.name, REPETITION_TIME), "Run": run, "TokenOffset": offset}
+        sidecar = {**bids.run_sidecar(settings, corpus.name, REPETITION_TIME),
+                   "Run": run, "TokenOffset": (run - 1) * run_tokens}
         write_json(paths.sidecar(run), sidecar)
         write_text(paths.events(run), bids.events_tsv(ids, token_texts(loaded.tokenizer, ids), REPETITION_TIME))
-        img = nifti.run_image(grid, acts, REPETITION_TIME, dtype, descrip, nifti2)
+        img = nifti.run_image(grid, acts, REPETITION_TIME, dtype, f"llm2nifti {site} {subject}", nifti2)
         nifti.save(img, paths.bold(run))
         return sum(p.stat().st_size for p in paths.run_files(run))
 
-    try:
-        per_batch = max(1, batch_size * context // run_tokens)
+    def activations():
+        per_batch = max(1, batch_size * context // run_tokens)  # runs per group of forward passes
         for start in range(0, len(todo), per_batch):
             chosen = todo[start:start + per_batch]
             windows = runs[np.array(chosen) - 1].reshape(-1, context)
@@ -251,25 +241,27 @@ def export(
             ]).reshape(len(chosen), run_tokens, -1)
             for run, run_acts in zip(chosen, acts):
                 check_finite(run_acts, n_neurons, f"run {run}")
-                totals += run_acts.sum(axis=0, dtype=np.float64)
-                while len(pending) >= 2:  # bound memory: at most two runs waiting to be written
-                    bytes_written += pending.pop(0).result()
-                    bar.update()
-                pending.append(writer.submit(write_run, run, run_acts))
-        for future in pending:
-            bytes_written += future.result()
+                yield run, run_acts
+
+    def summed(items):
+        for run, acts in items:
+            np.add(totals, acts.sum(axis=0, dtype=np.float64), out=totals)
+            yield run, acts
+
+    bar = tqdm(total=n_runs, initial=len(done), unit="run", desc="export", disable=not progress)
+    try:
+        for size in _in_background(write_run, summed(activations())):
+            bytes_written += size
             bar.update()
     except UserError:
-        writer.shutdown(wait=True, cancel_futures=True)
         if not existed and not any(paths.bold(run).exists() for run in range(1, n_runs + 1)):
             shutil.rmtree(out, ignore_errors=True)  # nothing worth resuming: leave no directory behind
         raise
     finally:
-        writer.shutdown(wait=True, cancel_futures=True)
         bar.close()
 
     n_tokens = n_runs * run_tokens
-    nifti.save(nifti.volume_image(grid, totals / n_tokens, np.float32, f"{descrip} mean"), paths.mean)
+    nifti.save(nifti.volume_image(grid, totals / n_tokens, np.float32, f"llm2nifti {site} {subject} mean"), paths.mean)
     bytes_written += paths.mean.stat().st_size
     bids.write_description(
         paths.description,
@@ -279,8 +271,29 @@ def export(
     )
     bids.write_readme(out, settings)
     write_json(paths.record, {**settings, "Status": "complete"})
-    return ExportResult(out, n_runs, n_tokens, grid.n_total, n_skipped, bytes_written,
+    return ExportResult(out, n_runs, n_tokens, grid.n_total, len(done), bytes_written,
                         time.perf_counter() - started, grid, paths, settings)
+
+
+def _in_background(write, jobs, depth: int = 2):
+    """Run ``write(*job)`` on one background thread while ``jobs`` computes the next job.
+
+    At most ``depth`` jobs wait to be written, which bounds memory; results
+    come back in order. Compression releases the GIL, so writing overlaps the
+    model's forward passes.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: deque[Future] = deque()
+        try:
+            for job in jobs:
+                pending.append(pool.submit(write, *job))
+                while len(pending) > depth:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def _check_context(context: int, run_tokens: int, config, bos: bool) -> int:
