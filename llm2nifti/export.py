@@ -16,7 +16,7 @@ from . import __version__, bids, nifti
 from .errors import UserError
 from .fileio import remove_partials, write_json, write_text
 from .layout import NeuronLayout
-from .models import DEFAULT_MODEL, LoadedModel, load_model, model_label
+from .models import DEFAULT_MODEL, LoadedModel, load_model, log, model_label
 from .recording import check_finite, record
 from .sites import DEFAULT_SITE, HOOK_POINTS, check_site, find_blocks
 from .text import bos_token_id, cut_runs, load_corpus, token_texts, tokenize
@@ -186,6 +186,8 @@ def export(
     context = _check_context(context or run_tokens, run_tokens, loaded.model.config, bos is not None)
     nifti.check_volumes(run_tokens, nifti2)  # fail before any work, not at the first write
 
+    log.info("%d runs x %d tokens of %s; %d layers x %d neurons at %s", n_runs, run_tokens, corpus.name,
+             found.n_layers, n_neurons, site)
     subject = model_label(loaded.model_id)
     paths = bids.DatasetPaths(out, subject, corpus.name, max(3, len(str(n_runs))))
     settings = {

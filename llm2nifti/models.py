@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .errors import UserError
 
+log = logging.getLogger("llm2nifti")
 DEFAULT_MODEL = "smollm2-135m"
 
 
@@ -181,6 +182,7 @@ def _load_gguf(path: Path) -> tuple[object, object, str]:
         import torch
         from transformers import AutoConfig, AutoTokenizer
 
+        log.info("dequantizing %s (first use only; the float copy is cached in %s)", path.name, cached.parent)
         kwargs = {"gguf_file": path.name}
         config = AutoConfig.from_pretrained(path.parent, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
@@ -219,6 +221,7 @@ def load_model(spec: str | None = None, device: str = "cpu") -> LoadedModel:
     """
     _quiet_transformers()
     spec = spec or DEFAULT_MODEL
+    log.info("loading model %s", spec)
     revision, file_hash = None, None
     path = Path(spec).expanduser()
     if spec in ALIASES:

@@ -8,6 +8,8 @@ usage errors exit with 2.
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from .. import __version__
@@ -16,6 +18,8 @@ from ..errors import UserError
 
 class _Group(click.Group):
     def invoke(self, ctx):
+        logging.basicConfig(format="llm2nifti: %(message)s")
+        logging.getLogger("llm2nifti").setLevel(logging.INFO)  # commands with --quiet lower it
         try:
             return super().invoke(ctx)
         except UserError as err:
