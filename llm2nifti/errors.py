@@ -2,7 +2,7 @@
 
 
 class UserError(Exception):
-    """A mistake in the user's input: the CLI prints its message on one line and exits 2.
+    """A mistake in the user's input: the CLI prints its message on one line and exits 1.
 
     Anything else that escapes is a bug in llm2nifti and keeps its traceback.
     """

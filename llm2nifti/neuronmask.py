@@ -296,9 +296,13 @@ class NeuronMask:
             a, b = mine.get(key), theirs.get(key)
             if a and b and a != b:
                 what = "config" if "Config" in key else "weights"
+                same_name = mine.get("ModelID") and mine.get("ModelID") == theirs.get("ModelID")
+                hint = (" (same name, other hash: another revision of the model, or an export made by another "
+                        "llm2nifti version); re-export and re-import" if same_name
+                        else "; import the maps of an export of this model")
                 raise UserError(
                     f"this mask was made for model {mine.get('ModelID', '?')} ({what} {a[:12]}), "
-                    f"not {theirs.get('ModelID', '?')} ({what} {b[:12]}); import the maps of an export of this model"
+                    f"not {theirs.get('ModelID', '?')} ({what} {b[:12]}){hint}"
                 )
         if site and self.site and site != self.site:
             raise UserError(f"this mask was made for site {self.site}, not {site}; apply it at --site {self.site}")

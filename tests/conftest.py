@@ -110,13 +110,6 @@ def tiny_llama_dir(tmp_path_factory):
     return path
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Tests never write into the user's llm2nifti cache, except the shared real-model cache."""
-    if "LLM2NIFTI_CACHE" not in os.environ:
-        monkeypatch.setenv("LLM2NIFTI_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
 def real_model_available() -> bool:
     import importlib.util
 

@@ -55,6 +55,26 @@ def test_controls_have_the_conditions_per_layer_counts(mask):
     assert control.counts().tolist() == [2, 1, 3]
 
 
+def test_controls_applied_by_mask_eval_match_their_condition(loaded, mask, text_file, monkeypatch):
+    import llm2nifti.evaluate as evaluate
+
+    applied = []
+    real = evaluate.apply_mask
+
+    def spy(model, condition, *args, **kwargs):
+        applied.append((condition.components[0], condition.counts().tolist(), condition.neurons()))
+        return real(model, condition, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "apply_mask", spy)
+    mask_eval(loaded, mask, text=str(text_file), n_controls=2, **FAST)
+    assert [name for name, _, _ in applied] == ["C0", "C0-control0", "C0-control1", "C1", "C1-control0",
+                                                "C1-control1", "union", "union-control0", "union-control1"]
+    for start in range(0, len(applied), 3):
+        counts = applied[start][1]
+        assert applied[start + 1][1] == counts and applied[start + 2][1] == counts
+        assert applied[start + 1][2] != applied[start + 2][2]
+
+
 def test_metrics_and_result_layout(loaded, mask, text_file, tmp_path):
     result = mask_eval(loaded, mask, mode="ablate", text=str(text_file), n_controls=2, seed=1, out=tmp_path, **FAST)
     data = result.to_dict()

@@ -19,7 +19,7 @@ from llm2nifti.sites import SITES, find_blocks
 FACTOR, VALUE = 3.0, 0.75
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny(arch):
     return make_tiny(arch)
 
@@ -104,7 +104,7 @@ def test_every_mode_and_site_matches_a_hand_written_hook(arch):
             selected[tuple(torch.tensor(sorted(pairs)).T)] = True
             means = np.random.default_rng(2).standard_normal((n_layers, n_neurons)).astype(np.float32)
             for mode in MODES:
-                def fn(layer, x, mode=mode):
+                def fn(layer, x, mode=mode, selected=selected, means=means):
                     return reference_edit(x, selected[layer], mode, torch.from_numpy(means[layer]))
 
                 handles = reference_hooks(model, arch, site, fn)

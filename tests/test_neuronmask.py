@@ -118,6 +118,8 @@ def test_check_compatible(mask):
     mask.check_compatible(PROV, site="mlp.out", n_layers=3, n_neurons=8)
     with pytest.raises(UserError, match="made for model m .*not tiny-qwen2"):
         mask.check_compatible(make_tiny("qwen2").provenance)
+    with pytest.raises(UserError, match="same name, other hash.*re-export and re-import"):
+        mask.check_compatible({**PROV, "ModelConfigSHA256": "b" * 64})
     with pytest.raises(UserError, match="made for site mlp.out, not resid"):
         mask.check_compatible(site="resid")
     with pytest.raises(UserError, match="3 layers x 8 neurons, but the model has 3 x 16"):

@@ -24,7 +24,7 @@ Examples:
 @main.command("mask-eval", epilog=EPILOG)
 @click.option("--model", default=DEFAULT_MODEL, show_default=True,
               help=f"Built-in alias ({', '.join(ALIASES)}), .gguf file, local Hugging Face directory or hub id.")
-@click.option("--masks", required=True, type=click.Path(exists=True),
+@click.option("--masks", required=True, type=click.Path(),
               help="An import directory (from `llm2nifti import`), a mask.npz, or a bare neurons.tsv.")
 @click.option("--mode", type=click.Choice(MODES), default="ablate", show_default=True,
               help="ablate: zero the neurons; keep: zero all others; mean: set to their mean; scale: multiply; "
