@@ -237,22 +237,18 @@ def export(
         for start in range(0, len(todo), per_batch):
             chosen = todo[start:start + per_batch]
             windows = runs[np.array(chosen) - 1].reshape(-1, context)
-            acts = np.concatenate([
-                record(loaded.model, found, site, windows[i:i + batch_size], bos, device)
-                for i in range(0, len(windows), batch_size)
-            ]).reshape(len(chosen), run_tokens, -1)
+            parts = [record(loaded.model, found, site, windows[i:i + batch_size], bos, device)
+                     for i in range(0, len(windows), batch_size)]
+            acts = (parts[0] if len(parts) == 1 else np.concatenate(parts)).reshape(len(chosen), run_tokens, -1)
             for run, run_acts in zip(chosen, acts):
-                check_finite(run_acts, n_neurons, f"run {run}")
+                sums = run_acts.sum(axis=0, dtype=np.float64)  # for the mean image; non-finite iff a value is
+                check_finite(run_acts, sums, n_neurons, f"run {run}")
+                np.add(totals, sums, out=totals)
                 yield run, run_acts
-
-    def summed(items):
-        for run, acts in items:
-            np.add(totals, acts.sum(axis=0, dtype=np.float64), out=totals)
-            yield run, acts
 
     bar = tqdm(total=n_runs, initial=len(done), unit="run", desc="export", disable=not progress)
     try:
-        for size in _in_background(write_run, summed(activations())):
+        for size in _in_background(write_run, activations()):
             bytes_written += size
             bar.update()
     except UserError:

@@ -57,8 +57,15 @@ def run_image(layout: NeuronLayout, activations: np.ndarray, tr: float = 1.0, dt
     cls = check_volumes(n_tokens, nifti2)
     nx, ny, nz = layout.shape
     # (T, Z*Y*X) in C order is the NIfTI on-disk order; the transposed view is (X, Y, Z, T).
-    frames = np.zeros((n_tokens, nx * ny * nz), dtype=np.float32)
-    frames[:, layout.flat_indices] = activations
+    flat = layout.flat_indices
+    if len(flat) == nx * ny * nz and np.array_equal(flat, np.arange(len(flat))):
+        frames = np.ascontiguousarray(activations, dtype=np.float32)  # every voxel a neuron, in order
+    else:
+        frames = np.zeros((n_tokens, nx * ny * nz), dtype=np.float32)
+        # neurons lie in runs of consecutive voxels (grid rows, brain raster lines): copy blocks, not columns
+        breaks = np.flatnonzero(np.diff(flat) != 1) + 1
+        for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(flat)]):
+            frames[:, flat[start]:flat[start] + stop - start] = activations[:, start:stop]
     data = frames.reshape(n_tokens, nz, ny, nx).transpose(3, 2, 1, 0)
     img = cls(data, layout.affine)
     img.set_data_dtype(DTYPES[dtype])

@@ -36,5 +36,7 @@ def main():
 from . import export_cmd  # noqa: E402,F401  (commands register themselves on `main`)
 
 from . import ica_cmd  # noqa: E402,F401  # isort: skip
+from . import recurrence_cmd  # noqa: E402,F401  # isort: skip
+from . import template_cmd  # noqa: E402,F401  # isort: skip
 
 from . import import_cmd, mask_eval_cmd  # noqa: E402,F401  # isort: skip

@@ -1,0 +1,88 @@
+"""``llm2nifti ica``."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from ..ica import DEFAULTS, METHODS, STANDARDIZE, run_ica
+from . import main
+
+EPILOG = """\b
+Examples:
+  llm2nifti ica out/smollm2 --out out/smollm2-canica
+  llm2nifti ica out/smollm2 --method dictlearning --n-components 30 --out out/smollm2-dict
+  llm2nifti ica out/smollm2 --runs 1-4 --n-components 10 --n-init 3 --out out/first-half
+  llm2nifti import out/smollm2-canica/components.nii.gz --export out/smollm2 --out out/smollm2-networks
+
+\b
+Defaults that differ from nilearn's, and why:
+  --smoothing-fwhm 0   nilearn smooths 6 mm (CanICA) / 4 mm (DictLearning); at 24 mm voxels both
+                       are the identity, so 0 skips a no-op; above 7 mm it would mix unrelated neurons.
+  --threshold none     nilearn's 'auto' zeroes all but the top 1/K of the map voxels; the maps are
+                       written whole and `llm2nifti import` selects neurons by z-score instead.
+  --random-state 0     reproducible components (nilearn: None).
+  --standardize        zscore_sample is nilearn's default (True) under its future name: it is what
+                       recovers planted networks of neurons with unequal scales; none and psc do not.
+  The export's brain mask is always passed, so nilearn's mask_strategy never applies.
+"""
+
+
+def _threshold(value: str):
+    text = value.strip().lower()
+    if text in ("none", ""):
+        return None
+    if text == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not none, auto or a number") from None
+
+
+@main.command("ica", epilog=EPILOG)
+@click.argument("export_dir", metavar="EXPORT_DIR", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output directory: components(.nii.gz, _z.nii.gz, .tsv), timecourses/, ica.json, figures/.")
+@click.option("--method", type=click.Choice(METHODS), default="canica", show_default=True,
+              help="nilearn.decomposition.CanICA or DictLearning.")
+@click.option("--n-components", type=click.IntRange(min=1), default=DEFAULTS["n_components"], show_default=True,
+              help="Number of components (use more than the networks you expect: see docs/ica.md).")
+@click.option("--runs", default=None, help="Runs to use, e.g. 1-4 or 1,3,5 (default: all).")
+@click.option("--smoothing-fwhm", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Gaussian smoothing in mm (0: none; the identity at 24 mm voxels up to 7 mm anyway).")
+@click.option("--standardize", type=click.Choice(STANDARDIZE), default=DEFAULTS["standardize"], show_default=True,
+              help="Per-neuron scaling over tokens before the decomposition.")
+@click.option("--detrend/--no-detrend", default=DEFAULTS["detrend"], show_default=True,
+              help="Remove a linear trend over the tokens of each run (nilearn's default).")
+@click.option("--threshold", default="none", show_default=True,
+              help="CanICA map thresholding: none, auto or a number in (0, n_components].")
+@click.option("--n-init", type=click.IntRange(min=1), default=DEFAULTS["n_init"], show_default=True,
+              help="CanICA: FastICA restarts (the sparsest result is kept).")
+@click.option("--alpha", type=click.FloatRange(min=0), default=DEFAULTS["alpha"], show_default=True,
+              help="DictLearning: sparsity of the maps.")
+@click.option("--random-state", type=int, default=DEFAULTS["random_state"], show_default=True,
+              help="Seed for reproducible components.")
+@click.option("--n-jobs", type=int, default=DEFAULTS["n_jobs"], show_default=True, help="Parallel jobs (nilearn).")
+@click.option("--score", is_flag=True, help="Also compute explained variance per component (nilearn's score; slow).")
+@click.option("--no-figures", is_flag=True, help="Do not draw figures.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier ICA in --out.")
+@click.option("--quiet", is_flag=True, help="No progress messages.")
+def ica_command(export_dir, out, method, n_components, runs, smoothing_fwhm, standardize, detrend, threshold,
+                n_init, alpha, random_state, n_jobs, score, no_figures, overwrite, quiet):
+    """Group ICA of an export with nilearn's own CanICA or DictLearning, unchanged.
+
+    The runs of EXPORT_DIR are decomposed with the export's brain mask as the
+    mask; the maps are written unthresholded and z-scored on the export's grid,
+    ready for `llm2nifti import`, with one time-course table per run, the
+    parameters used, and figures (layer x neuron images and nilearn views).
+    """
+    if quiet:
+        logging.getLogger("llm2nifti").setLevel(logging.WARNING)
+    result = run_ica(
+        export_dir, out, method=method, n_components=n_components, runs=runs, smoothing_fwhm=smoothing_fwhm or None,
+        standardize=standardize, detrend=detrend, threshold=_threshold(threshold), n_init=n_init, alpha=alpha,
+        random_state=random_state, n_jobs=n_jobs, figures=not no_figures, score=score, overwrite=overwrite,
+    )
+    click.echo(result.summary())

@@ -1,0 +1,74 @@
+"""``llm2nifti recurrence``."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from ..ica import DEFAULTS, METHODS, STANDARDIZE
+from ..importer import DEFAULT_THRESHOLD, SIGNS
+from ..recurrence import IOU_THRESHOLD, recurrence
+from . import main
+
+EPILOG = """\b
+Examples:
+  llm2nifti recurrence out/smollm2 --out out/smollm2-recurrence
+  llm2nifti recurrence out/smollm2 --subsets runs --n-components 20 --out out/per-run
+  llm2nifti recurrence out/smollm2 --subsets 4 --n-components 10 --n-init 1 --out out/quick
+
+The templates come from ICA on all runs; each subset is a contiguous group of
+runs (disjoint text). Maps are binarized like `llm2nifti import` (z > 2), and
+a template recurs in a subset when a subset component reaches --iou-threshold
+(0.2 in Liu et al., arXiv 2502.20408).
+"""
+
+
+def _subsets(value: str):
+    text = value.strip().lower()
+    if text == "runs":
+        return "runs"
+    try:
+        return int(text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number or 'runs'") from None
+
+
+@main.command("recurrence", epilog=EPILOG)
+@click.argument("export_dir", metavar="EXPORT_DIR", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output directory: recurrence.tsv, recurrence.png, subsets.tsv, iou.tsv, templates_z.nii.gz.")
+@click.option("--subsets", default="4", show_default=True, help="Number of disjoint groups of runs, or 'runs'.")
+@click.option("--n-components", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Components of every ICA (group and subsets).")
+@click.option("--iou-threshold", type=click.FloatRange(min=0, max=1, min_open=True), default=IOU_THRESHOLD,
+              show_default=True, help="IoU at which a subset component counts as a recurrence of a template.")
+@click.option("--z-threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
+              help="Binarization of the maps (z-score over neurons), as in `llm2nifti import`.")
+@click.option("--sign", type=click.Choice(SIGNS), default="positive", show_default=True, help="Which tail to keep.")
+@click.option("--method", type=click.Choice(METHODS), default="canica", show_default=True)
+@click.option("--n-init", type=click.IntRange(min=1), default=DEFAULTS["n_init"], show_default=True,
+              help="CanICA: FastICA restarts per ICA.")
+@click.option("--standardize", type=click.Choice(STANDARDIZE), default=DEFAULTS["standardize"], show_default=True)
+@click.option("--random-state", type=int, default=DEFAULTS["random_state"], show_default=True)
+@click.option("--n-jobs", type=int, default=DEFAULTS["n_jobs"], show_default=True)
+@click.option("--no-figures", is_flag=True, help="Do not draw recurrence.png.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier result in --out.")
+@click.option("--quiet", is_flag=True, help="No progress messages.")
+def recurrence_command(export_dir, out, subsets, n_components, iou_threshold, z_threshold, sign, method, n_init,
+                       standardize, random_state, n_jobs, no_figures, overwrite, quiet):
+    """Do the networks of an export recur across disjoint parts of its text?
+
+    Runs group ICA on all runs (templates) and on each subset, binarizes every
+    map, and counts for each template the subsets in which some component
+    overlaps it with IoU >= --iou-threshold. Prints the table.
+    """
+    if quiet:
+        logging.getLogger("llm2nifti").setLevel(logging.WARNING)
+    result = recurrence(
+        export_dir, out, subsets=_subsets(subsets), n_components=n_components, iou_threshold=iou_threshold,
+        z_threshold=z_threshold, sign=sign, method=method, n_init=n_init, standardize=standardize,
+        random_state=random_state, n_jobs=n_jobs, figures=not no_figures, overwrite=overwrite,
+    )
+    click.echo(result.table(), nl=False)
+    click.echo(result.summary())

@@ -1,0 +1,263 @@
+"""Figures of neuron maps: layer x neuron images, and nilearn views on the synthetic brain.
+
+Two kinds of picture, usable from Python and written by ``llm2nifti ica``:
+
+- :func:`plot_layer_neuron` draws one map as an image with one row per layer
+  and one column per neuron, independent of the voxel layout;
+  :func:`plot_components_layers` draws several side by side.
+- :func:`plot_component_stat_map` and :func:`plot_components_atlas` are
+  nilearn's :func:`~nilearn.plotting.plot_stat_map` (over an export's mean
+  activation underlay) and :func:`~nilearn.plotting.plot_prob_atlas`, called
+  as on any brain; with the ``grid`` layout each axial slice is one layer.
+
+Our own figures use matplotlib's object API (:class:`matplotlib.figure.Figure`),
+so nothing here changes pyplot's global state or needs a display.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .layout import NeuronLayout
+
+MAX_CUTS = 8
+
+
+def image_values(img, layout: NeuronLayout) -> np.ndarray:
+    """Values of a 3D or 4D image at each neuron's voxel: shape ``(n_volumes, n_layers * n_neurons)``."""
+    import nibabel as nib
+
+    img = nib.load(img) if isinstance(img, (str, Path)) else img
+    data = np.asanyarray(img.dataobj)
+    if data.shape[:3] != layout.shape:
+        raise ValueError(f"image of shape {data.shape[:3]} is not on the layout's grid {layout.shape}")
+    values = data[tuple(layout.voxels.T)]
+    return np.atleast_2d(values.T if values.ndim == 2 else values)
+
+
+def layer_neuron_matrix(values, layout: NeuronLayout) -> np.ndarray:
+    """A map in neuron-id order as a ``(n_layers, n_neurons)`` matrix (row = layer)."""
+    values = np.asarray(values)
+    if values.shape != (layout.n_total,):
+        raise ValueError(f"expected {layout.n_total} values (one per neuron), got shape {values.shape}")
+    return values.reshape(layout.n_layers, layout.n_neurons)
+
+
+def plot_layer_neuron(values, layout: NeuronLayout, *, ax=None, title: str | None = None, cmap: str = "RdBu_r",
+                      vmax: float | None = None, colorbar: bool = True, label: str = "value"):
+    """Draw one map as a layer x neuron image (layer 0 at the top).
+
+    Parameters
+    ----------
+    values : array of shape (n_layers * n_neurons,) or a 3D image on the layout's grid
+    layout : NeuronLayout
+    ax : matplotlib Axes, optional
+        Drawn into a new figure when omitted (``ax.figure`` is returned's figure).
+    vmax : float, optional
+        Colour limit (symmetric around 0); default the largest magnitude.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    if hasattr(values, "dataobj") or isinstance(values, (str, Path)):
+        values = image_values(values, layout)[0]
+    matrix = layer_neuron_matrix(values, layout)
+    if ax is None:
+        fig = _figure(width=min(14.0, 3.0 + layout.n_neurons / 60), height=1.2 + 0.16 * layout.n_layers)
+        ax = fig.add_subplot()
+    finite = matrix[np.isfinite(matrix)]
+    vmax = vmax or (float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0)
+    image = ax.imshow(matrix, aspect="auto", interpolation="nearest", cmap=cmap, vmin=-vmax, vmax=vmax)
+    ax.set_xlabel("neuron")
+    ax.set_ylabel("layer")
+    if title:
+        ax.set_title(title, fontsize=9)
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, fraction=0.03, pad=0.01, label=label)
+    return ax
+
+
+def plot_components_layers(maps, layout: NeuronLayout, *, titles=None, ncols: int | None = None,
+                           path: str | Path | None = None, label: str = "z", dpi: int = 110):
+    """Several maps (rows of ``maps``, neuron-id order) as layer x neuron images in one figure.
+
+    Returns the :class:`matplotlib.figure.Figure`; saved to ``path`` when given.
+    """
+    maps = np.atleast_2d(np.asarray(maps))
+    n = len(maps)
+    ncols = ncols or min(n, 4)
+    nrows = -(-n // ncols)
+    panel_h = 0.9 + 0.09 * layout.n_layers
+    fig = _figure(width=3.4 * ncols, height=panel_h * nrows + 0.3)
+    vmax = float(np.nanmax(np.abs(maps))) or 1.0
+    for c in range(n):
+        ax = fig.add_subplot(nrows, ncols, c + 1)
+        title = titles[c] if titles is not None else f"C{c}"
+        plot_layer_neuron(maps[c], layout, ax=ax, title=title, vmax=vmax, colorbar=False)
+        if c % ncols:
+            ax.set_ylabel("")
+        if c < n - ncols:
+            ax.set_xlabel("")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=dpi)
+    return fig
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
+
+
+def layer_cuts(values, layout: NeuronLayout, threshold: float, max_cuts: int = MAX_CUTS) -> list[float]:
+    """World z (mm) of the axial slices (grid layout: layers) holding most suprathreshold neurons."""
+    values = np.asarray(values)
+    k = layout.voxels[:, 2]
+    weight = np.bincount(k, weights=(np.abs(values) > threshold).astype(float), minlength=layout.shape[2])
+    if not weight.any():
+        weight = np.bincount(k, weights=np.abs(values), minlength=layout.shape[2])
+    slices = np.sort(np.argsort(-weight, kind="stable")[:max_cuts])
+    return [float(layout.affine[2, 2] * s + layout.affine[2, 3]) for s in slices]
+
+
+def plot_component_stat_map(img, underlay, layout: NeuronLayout, *, threshold: float = 2.0, title=None,
+                            path: str | Path | None = None, **kwargs):
+    """nilearn's ``plot_stat_map`` of one 3D map over an underlay (e.g. the export's mean activation).
+
+    With the ``grid`` layout the cuts are the layers holding most neurons above
+    ``threshold``; with ``brain`` an orthogonal view at the peak. Extra keyword
+    arguments go to :func:`nilearn.plotting.plot_stat_map`.
+    """
+    from nilearn import plotting
+
+    values = image_values(img, layout)[0]
+    if layout.kind == "grid":
+        kwargs.setdefault("display_mode", "z")
+        kwargs.setdefault("cut_coords", layer_cuts(values, layout, threshold))
+        if "axes" not in kwargs:
+            kwargs.setdefault("figure", _pyplot_figure(len(kwargs["cut_coords"])))
+    kwargs.setdefault("draw_cross", False)
+    kwargs.setdefault("annotate", False)
+    display = plotting.plot_stat_map(img, bg_img=underlay, threshold=threshold, title=title,
+                                     output_file=None if path is None else str(path), **kwargs)
+    return display
+
+
+def plot_components_atlas(components_img, underlay, layout: NeuronLayout | None = None, *,
+                          path: str | Path | None = None, title=None, threshold: float | str = 2.0, **kwargs):
+    """nilearn's ``plot_prob_atlas`` of all components over an underlay (contours of ``z > threshold``).
+
+    With a ``grid`` layout, the cuts are evenly spaced layers.
+    """
+    from nilearn import plotting
+
+    kwargs.setdefault("view_type", "filled_contours")
+    if layout is not None and layout.kind == "grid":
+        n_cuts = min(MAX_CUTS, layout.n_layers)
+        kwargs.setdefault("display_mode", "z")
+        kwargs.setdefault("cut_coords", [float(layout.affine[2, 2] * k + layout.affine[2, 3])
+                                         for k in np.linspace(0, layout.n_layers - 1, n_cuts).round().astype(int)])
+        if "axes" not in kwargs:
+            kwargs.setdefault("figure", _pyplot_figure(n_cuts))
+    kwargs.setdefault("draw_cross", False)
+    kwargs.setdefault("annotate", False)
+    return plotting.plot_prob_atlas(components_img, bg_img=underlay, threshold=threshold, title=title,
+                                    output_file=None if path is None else str(path), **kwargs)
+
+
+def _pyplot_figure(n_cuts: int):
+    import matplotlib.pyplot as plt
+
+    return plt.figure(figsize=(max(6.0, 1.6 * n_cuts), 2.2))
+
+
+def find_underlay(root: str | Path):
+    """The mean-activation underlay (``*_desc-mean_boldref.nii.gz``) of an export or template, or ``None``."""
+    found = sorted(Path(root).rglob("*_desc-mean_boldref.nii*"))
+    return found[0] if found else None
+
+
+def write_ica_figures(ica, out_dir: str | Path, *, threshold: float = 2.0, stat_maps: bool = True) -> list[Path]:
+    """Figures of a fitted :class:`~llm2nifti.ica.NeuronICA` into ``out_dir``.
+
+    Writes ``components_layers.png`` (all z-maps as layer x neuron images),
+    ``C<i>_layers.png`` (one per component, full width), ``C<i>_stat_map.png``
+    (nilearn over the export's mean underlay) and ``components_atlas.png``
+    (nilearn ``plot_prob_atlas``). Returns the paths written.
+    """
+    from nilearn.image import index_img
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    layout = ica.layout_
+    written = []
+    path = out / "components_layers.png"
+    plot_components_layers(ica.components_z_, layout, path=path)
+    written.append(path)
+    width = max(6.0, min(20.0, layout.n_neurons / 100))
+    for c, z in enumerate(ica.components_z_):
+        fig = _figure(width=width, height=1.2 + 0.12 * layout.n_layers)
+        ax = fig.add_subplot()
+        plot_layer_neuron(z, layout, ax=ax, title=f"C{c} (z)", label="z")
+        fig.tight_layout()
+        path = out / f"C{c}_layers.png"
+        fig.savefig(path, dpi=max(100, int(np.ceil(layout.n_neurons / width))))
+        written.append(path)
+    underlay = find_underlay(ica.runs_.root)
+    if stat_maps and underlay is not None:
+        import matplotlib.pyplot as plt
+
+        for c in range(len(ica.components_z_)):
+            path = out / f"C{c}_stat_map.png"
+            display = plot_component_stat_map(index_img(ica.components_z_img_, c), str(underlay), layout,
+                                              threshold=threshold, title=f"C{c}")
+            display.savefig(str(path), dpi=90)
+            display.close()
+            written.append(path)
+        path = out / "components_atlas.png"
+        display = plot_components_atlas(ica.components_z_img_, str(underlay), layout, threshold=threshold,
+                                        title=f"{len(ica.components_z_)} components, z > {threshold:g}")
+        display.savefig(str(path), dpi=90)
+        display.close()
+        plt.close("all")
+        written.append(path)
+    return written
+
+
+def plot_recurrence(best_iou, threshold: float = 0.2, *, recurrences=None, path: str | Path | None = None,
+                    dpi: int = 110):
+    """Heatmap of each template's best IoU in each subset (``Recurrence.best_iou_``), annotated.
+
+    Cells at or above ``threshold`` (a recurrence) are outlined. Returns the
+    :class:`matplotlib.figure.Figure`; saved to ``path`` when given.
+    """
+    from matplotlib.patches import Rectangle
+
+    best_iou = np.atleast_2d(np.asarray(best_iou, dtype=float))
+    n_templates, n_subsets = best_iou.shape
+    fig = _figure(width=2.2 + 0.75 * n_subsets, height=1.0 + 0.32 * n_templates)
+    ax = fig.add_subplot()
+    image = ax.imshow(best_iou, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    for t in range(n_templates):
+        for s in range(n_subsets):
+            value = best_iou[t, s]
+            ax.text(s, t, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="black" if value > 0.6 else "white")
+            if value >= threshold:
+                ax.add_patch(Rectangle((s - 0.5, t - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.2))
+    labels = [f"C{t}" if recurrences is None else f"C{t} ({int(recurrences[t])}/{n_subsets})"
+              for t in range(n_templates)]
+    ax.set_yticks(range(n_templates), labels, fontsize=7)
+    ax.set_xticks(range(n_subsets), [f"{s + 1}" for s in range(n_subsets)], fontsize=7)
+    ax.set_xlabel("subset")
+    ax.set_ylabel("group template (recurrences)")
+    ax.set_title(f"best IoU per subset (outlined: >= {threshold:g})", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02, label="IoU")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=dpi)
+    return fig

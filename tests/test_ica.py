@@ -1,0 +1,300 @@
+"""``llm2nifti ica``: nilearn's estimators on an export, outputs on the export's grid, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import make_tiny
+
+from llm2nifti.cli import main
+from llm2nifti.errors import UserError
+from llm2nifti.export import export
+from llm2nifti.ica import DEFAULTS, NeuronICA, load_runs, parse_runs, run_ica, to_neuron_order, zscore_maps
+from llm2nifti.importer import import_components
+
+TEXT = "The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs. " * 12
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    text = tmp_path_factory.mktemp("text") / "text.txt"
+    text.write_text(TEXT)
+    out = tmp_path_factory.mktemp("export") / "tiny"
+    export(out, make_tiny("llama"), str(text), site="mlp.hidden", run_tokens=64, max_runs=4, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_export, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ica") / "ica"
+    result = run_ica(tiny_export, out, n_components=3, n_init=2)
+    return result, out
+
+
+def test_outputs_are_on_the_export_grid(fitted, tiny_export):
+    result, out = fitted
+    mask = nib.load(load_runs(tiny_export).reference.mask_path)
+    for name in ("components.nii.gz", "components_z.nii.gz"):
+        img = nib.load(out / name)
+        assert img.shape == mask.shape + (3,)
+        assert np.array_equal(img.affine, mask.affine)
+        assert img.get_data_dtype() == np.float32
+    assert nib.load(out / "components_z.nii.gz").header.get_intent()[0] == "z score"
+    # values outside the mask are zero
+    data = nib.load(out / "components.nii.gz").get_fdata()
+    assert not data[~np.asarray(mask.dataobj, bool)].any()
+
+
+def test_maps_are_nilearns_own(fitted):
+    """The written maps are nilearn's ``components_img_``, voxel for voxel: nothing recomputed."""
+    result, out = fitted
+    ours = nib.load(out / "components.nii.gz").get_fdata()
+    theirs = result.ica.estimator_.components_img_.get_fdata()
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_zscored_maps(fitted):
+    result, _ = fitted
+    z = result.ica.components_z_
+    np.testing.assert_allclose(z.mean(axis=1), 0, atol=1e-9)
+    np.testing.assert_allclose(z.std(axis=1), 1, atol=1e-9)
+    np.testing.assert_allclose(zscore_maps(np.ones((2, 5))), 0)  # constant maps do not divide by zero
+
+
+def test_neuron_order_follows_the_layout(fitted):
+    result, _ = fitted
+    ica = result.ica
+    layout = ica.layout_
+    masked = ica.estimator_.components_
+    by_neuron = to_neuron_order(masked, layout)
+    # neuron id n sits at voxel layout.voxels[n]
+    img = ica.estimator_.components_img_.get_fdata()
+    for n in (0, layout.n_neurons + 1, layout.n_total - 1):
+        i, j, k = layout.voxels[n]
+        np.testing.assert_allclose(by_neuron[:, n], img[i, j, k, :], rtol=1e-6)
+
+
+def test_timecourses_and_record(fitted, tiny_export):
+    result, out = fitted
+    files = sorted((out / "timecourses").glob("*_timecourses.tsv"))
+    assert len(files) == 4
+    rows = files[0].read_text().splitlines()
+    assert rows[0].split("\t") == ["C0", "C1", "C2"]
+    assert len(rows) == 1 + 64
+    record = json.loads((out / "ica.json").read_text())
+    assert record["Estimator"] == "nilearn.decomposition.CanICA"
+    assert record["Parameters"]["n_components"] == 3
+    assert record["EstimatorParameters"]["smoothing_fwhm"] is None
+    assert record["EstimatorParameters"]["standardize"] == "zscore_sample"
+    assert record["EstimatorParameters"]["mask"].endswith("_desc-brain_mask.nii.gz")
+    assert record["Runs"] == [1, 2, 3, 4]
+    assert record["ModelID"] == "tiny-llama" and record["Site"] == "mlp.hidden"
+    table = (out / "components.tsv").read_text().splitlines()
+    assert table[0].startswith("component\t") and len(table) == 4
+
+
+def test_figures_written(fitted):
+    _, out = fitted
+    names = {p.name for p in (out / "figures").glob("*.png")}
+    assert {"components_layers.png", "components_atlas.png", "C0_layers.png", "C0_stat_map.png"} <= names
+
+
+def test_import_accepts_the_maps(fitted, tiny_export):
+    _, out = fitted
+    mask = import_components(out / "components_z.nii.gz", export_dir=tiny_export, sign="absolute")
+    assert mask.components and all(mask.size(c) > 0 for c in mask.components)
+
+
+def test_dictlearning_and_run_selection(tiny_export):
+    result = run_ica(tiny_export, method="dictlearning", n_components=2, runs="1-2", alpha=1.0)
+    ica = result.ica
+    assert type(ica.estimator_).__name__ == "DictLearning"
+    assert ica.estimator_.smoothing_fwhm is None
+    assert ica.runs_.runs == [1, 2] and len(ica.timecourses_) == 2
+    assert ica.components_.shape == (2, ica.layout_.n_total)
+
+
+def test_estimator_is_unchanged_nilearn():
+    from nilearn.decomposition import CanICA, DictLearning
+
+    est = NeuronICA(n_components=5).make_estimator("mask.nii.gz", 1.0)
+    assert type(est) is CanICA
+    assert est.mask == "mask.nii.gz" and est.n_components == 5 and est.threshold is None
+    assert est.random_state == DEFAULTS["random_state"] and est.n_init == 10 and est.do_cca
+    assert type(NeuronICA("dictlearning").make_estimator("m.nii.gz")) is DictLearning
+
+
+def test_parse_runs():
+    assert parse_runs("1,3,5-7") == [1, 3, 5, 6, 7]
+    assert parse_runs(None) is None
+    with pytest.raises(UserError):
+        parse_runs("a-b")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n_components=0), "at least 1"),
+    (dict(n_components=10_000), "exceeds"),
+    (dict(runs=[9]), "run 9 is not in the export"),
+    (dict(method="pca"), "unknown method"),
+    (dict(standardize="robust"), "unknown standardize"),
+    (dict(threshold="high"), "threshold must be"),
+])
+def test_user_errors(tiny_export, kwargs, message):
+    with pytest.raises(UserError, match=message):
+        run_ica(tiny_export, **{"n_components": 2, **kwargs})
+
+
+def test_template_is_refused(tmp_path):
+    from llm2nifti.templates import make_template
+
+    template = make_template(make_tiny("llama"), "mlp.out", tmp_path / "tpl", tokens=16)
+    with pytest.raises(UserError, match="holds no runs"):
+        run_ica(template.out_dir, n_components=2)
+
+
+def test_cli(tiny_export, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "ica"
+    result = runner.invoke(main, ["ica", str(tiny_export), "--n-components", "2", "--n-init", "1", "--no-figures",
+                                  "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "2 components (CanICA, 4 runs)" in result.output
+    assert not (out / "figures").exists()
+    # a second run into the same directory needs --overwrite
+    again = runner.invoke(main, ["ica", str(tiny_export), "--n-components", "2", "--out", str(out)])
+    assert again.exit_code == 1 and again.output.startswith("Error: ") and "--overwrite" in again.output
+    again = runner.invoke(main, ["ica", str(tiny_export), "--n-components", "2", "--no-figures", "--threshold",
+                                 "auto", "--overwrite", "--quiet", "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "ica.json").read_text())["EstimatorParameters"]["threshold"] == "auto"
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--n-components", "2", "--runs", "7"], 1, "Error: run 7 is not in the export"),
+    (["--threshold", "high"], 2, "is not none, auto or a number"),
+    (["--method", "pca"], 2, "Invalid value"),
+])
+def test_cli_errors(tiny_export, tmp_path, args, code, message):
+    result = CliRunner().invoke(main, ["ica", str(tiny_export), *args, "--out", str(tmp_path / "x")])
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    if code == 1:
+        assert len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_missing_export(tmp_path):
+    result = CliRunner().invoke(main, ["ica", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and result.output.startswith("Error: ")
+
+
+def test_help_explains_defaults():
+    result = CliRunner().invoke(main, ["ica", "--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "Defaults that differ from nilearn's" in text
+    for option in ("--smoothing-fwhm 0", "--threshold none", "--random-state 0", "--standardize"):
+        assert option in text
+
+
+def test_plot_layer_neuron(fitted):
+    from llm2nifti.figures import layer_neuron_matrix, plot_components_layers, plot_layer_neuron
+
+    result, out = fitted
+    layout = result.ica.layout_
+    values = np.arange(layout.n_total, dtype=float)
+    matrix = layer_neuron_matrix(values, layout)
+    assert matrix.shape == (layout.n_layers, layout.n_neurons) and matrix[1, 0] == layout.n_neurons
+    ax = plot_layer_neuron(out / "components.nii.gz", layout, title="C0")
+    assert ax.get_images()[0].get_array().shape == (layout.n_layers, layout.n_neurons)
+    fig = plot_components_layers(result.ica.components_z_, layout)
+    assert len(fig.axes) == 3
+
+
+# -- the examples run as written (with a tiny model instead of the bundled one) ---------------
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _env(tmp_path, path_dirs=()):
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([*map(str, path_dirs), str(Path(sys.executable).parent), "/usr/bin", "/bin"])
+    env["MPLBACKEND"] = "Agg"
+    return env
+
+
+def test_nilearn_example(tiny_llama_dir, tmp_path):
+    run = subprocess.run([sys.executable, str(EXAMPLES / "nilearn_canica.py"), "--model", str(tiny_llama_dir),
+                          "--site", "mlp.hidden", "--runs", "3", "--run-tokens", "32", "--n-components", "2",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, env=_env(tmp_path))
+    assert run.returncode == 0, run.stderr
+    assert "CanICA: 2 components from 3 runs" in run.stdout
+    assert (tmp_path / "networks" / "neurons.tsv").is_file()
+    assert (tmp_path / "canica_components.png").is_file()
+
+
+def test_pipeline_example(tmp_path):
+    """On the ground-truth model (saved as a Hugging Face directory), whose networks give clear neuron sets."""
+    from test_ground_truth import planted_model
+
+    loaded, _, _ = planted_model()
+    model_dir = tmp_path / "planted"
+    loaded.model.save_pretrained(model_dir)
+    loaded.tokenizer.save_pretrained(model_dir)
+    env = _env(tmp_path)
+    env.update(MODEL=str(model_dir), SITE="mlp.hidden", RUNS="4", RUN_TOKENS="128", COMPONENTS="8",
+               EVAL_CONTEXT="64")
+    run = subprocess.run(["bash", str(EXAMPLES / "pipeline.sh"), str(tmp_path / "out")], capture_output=True,
+                         text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    for path in ("ica/components.nii.gz", "networks/neurons.tsv", "mask-eval/mask-eval.csv",
+                 "recurrence/recurrence.tsv"):
+        assert (tmp_path / "out" / path).is_file(), path
+
+
+def test_melodic_example_says_when_fsl_is_missing(tmp_path):
+    run = subprocess.run(["bash", str(EXAMPLES / "fsl_melodic.sh"), str(tmp_path / "out")], capture_output=True,
+                         text=True, timeout=60, env=_env(tmp_path))
+    if shutil.which("melodic"):
+        pytest.skip("FSL is installed here")
+    assert run.returncode == 3
+    assert "melodic is not installed" in run.stderr and not (tmp_path / "out").exists()
+
+
+def test_melodic_example_with_a_stub_melodic(tiny_export, tmp_path):
+    """The script's plumbing (mask, TR, run list, import of melodic_IC) with a stand-in for FSL's melodic."""
+    out = tmp_path / "out"
+    shutil.copytree(tiny_export, out / "export")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "melodic"
+    stub.write_text(f"""#!{sys.executable}
+import sys, pathlib, nibabel as nib, numpy as np
+args = sys.argv[1:]
+out = pathlib.Path(args[args.index("-o") + 1]); out.mkdir(parents=True)
+(out.parent / "melodic_args.txt").write_text(" ".join(args))
+mask = nib.load(args[args.index("-m") + 1])
+inside = np.argwhere(np.asarray(mask.dataobj) > 0)
+data = np.zeros(mask.shape + (2,), np.float32)
+for c in range(2):
+    for i, j, k in inside[5 * c:5 * c + 5]:
+        data[i, j, k, c] = 6.0
+nib.save(nib.Nifti1Image(data, mask.affine), out / "melodic_IC.nii.gz")
+""")
+    stub.chmod(0o755)
+    run = subprocess.run(["bash", str(EXAMPLES / "fsl_melodic.sh"), str(out), "2"], capture_output=True, text=True,
+                         timeout=120, env=_env(tmp_path, [bin_dir]))
+    assert run.returncode == 0, run.stdout + run.stderr
+    args = (out / "melodic_args.txt").read_text()
+    for expected in ("-a concat", "--nobet", "--tr=1.0", "-d 2", "_desc-brain_mask.nii.gz", "runs.txt"):
+        assert expected in args, args
+    assert len((out / "runs.txt").read_text().split()) == 4
+    rows = (out / "networks" / "neurons.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 10
