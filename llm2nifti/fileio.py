@@ -1,12 +1,15 @@
-"""Atomic file writing: a file appears under its final name only when complete."""
+"""Output files and directories: atomic writes, and refusing to clobber what is not ours."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+from .errors import UserError
 
 PARTIAL_SUFFIX = ".part"
 
@@ -43,3 +46,28 @@ def remove_partials(directory: str | Path) -> int:
     for leftover in leftovers:
         leftover.unlink()
     return len(leftovers)
+
+
+def check_output_dir(out: Path, overwrite: bool, record: str, what: str) -> None:
+    """Refuse ``out`` if it is a file, or a non-empty directory that we may not replace.
+
+    A non-empty directory is replaced only with ``overwrite`` and only if it
+    holds ``record``, the JSON an earlier run of the same command wrote:
+    llm2nifti never deletes a directory it did not make.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"output directory {out} is not empty; use --overwrite to replace {what}")
+        if not (out / record).is_file():
+            raise UserError(f"refusing to overwrite {out}: it is not empty and holds no {record}")
+
+
+def prepare_output_dir(out: Path, overwrite: bool, record: str, what: str) -> Path:
+    """:func:`check_output_dir`, then empty (if allowed) and create ``out``."""
+    check_output_dir(out, overwrite, record, what)
+    if out.is_dir() and any(out.iterdir()):
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out

@@ -44,7 +44,7 @@ import numpy as np
 
 from . import __version__, nifti
 from .errors import UserError
-from .fileio import write_json, write_text
+from .fileio import check_output_dir, prepare_output_dir, write_json, write_text
 from .importer import DEFAULT_THRESHOLD, Reference, load_reference
 
 log = logging.getLogger("llm2nifti.ica")
@@ -424,21 +424,6 @@ def _json_value(value):
     return repr(value)
 
 
-def _prepare_out(out: Path, overwrite: bool) -> Path:
-    import shutil
-
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"output directory {out} is not empty; use --overwrite to replace an earlier ICA")
-        if not (out / ICA_RECORD).is_file():
-            raise UserError(f"refusing to overwrite {out}: it is not empty and holds no {ICA_RECORD}")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def write_outputs(ica: NeuronICA, out: str | Path, *, figures: bool = True, overwrite: bool = False) -> Path:
     """Write the maps, z-maps, time courses, table, record and (optionally) figures of a fitted ICA.
 
@@ -451,7 +436,7 @@ def write_outputs(ica: NeuronICA, out: str | Path, *, figures: bool = True, over
         ica.json               parameters (ours and nilearn's), runs, provenance of the export
         figures/               layer x neuron heatmaps and nilearn views (see llm2nifti.figures)
     """
-    out = _prepare_out(Path(out).expanduser(), overwrite)
+    out = prepare_output_dir(Path(out).expanduser(), overwrite, ICA_RECORD, "an earlier ICA")
     nifti.save(ica.components_img_, out / COMPONENTS_IMG)
     nifti.save(ica.components_z_img_, out / COMPONENTS_Z_IMG)
     names = [f"C{c}" for c in range(len(ica.components_))]
@@ -556,9 +541,7 @@ def run_ica(export_dir: str | Path, out: str | Path | None = None, *, method: st
     if isinstance(runs, str):
         runs = parse_runs(runs)
     if out is not None:  # fail on a bad output directory before the work, not after
-        out = Path(out).expanduser()
-        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
-            _prepare_out(out, overwrite)
+        check_output_dir(Path(out).expanduser(), overwrite, ICA_RECORD, "an earlier ICA")
     ica = NeuronICA(method, n_components, smoothing_fwhm=smoothing_fwhm, standardize=standardize, detrend=detrend,
                     threshold=threshold, n_init=n_init, alpha=alpha, random_state=random_state, n_jobs=n_jobs,
                     verbose=verbose)

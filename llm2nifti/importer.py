@@ -29,7 +29,7 @@ import numpy as np
 
 from . import __version__
 from .errors import UserError
-from .fileio import write_json, write_text
+from .fileio import prepare_output_dir, write_json, write_text
 from .layout import NeuronLayout
 from .neuronmask import MASK_NPZ, MASK_RECORD, MASK_TSV, NeuronMask
 
@@ -337,7 +337,7 @@ def import_components(
     loaded, shape, source = _load_image(img)
     check_geometry(shape, loaded.affine, reference)
     if out is not None:
-        out = _prepare_out(Path(out).expanduser(), overwrite)
+        out = prepare_output_dir(Path(out).expanduser(), overwrite, MASK_RECORD, "an earlier import")
 
     n_volumes = 1 if len(shape) == 3 else shape[3]
     chosen = _parse_components(components, n_volumes)
@@ -407,15 +407,6 @@ def _selection_text(method, threshold, sign, zscore, top_k, top_percent) -> str:
     if method == "top-percent":
         return f"top {top_percent:g}%, sign {sign}"
     return f"threshold {threshold:g}, sign {sign}, {'z-scored' if zscore else 'raw values'}"
-
-
-def _prepare_out(out: Path, overwrite: bool) -> Path:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"output directory {out} is not empty; use --overwrite to replace an earlier import")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def counts_tsv(mask: NeuronMask) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import __version__, nifti
 from .errors import UserError
-from .fileio import write_json, write_text
+from .fileio import check_output_dir, prepare_output_dir, write_json, write_text
 from .ica import DEFAULTS, ExportRuns, NeuronICA, load_runs
 from .importer import DEFAULT_THRESHOLD, SIGNS, select_neurons
 
@@ -224,7 +224,7 @@ class RecurrenceResult:
 def write_outputs(fitted: Recurrence, out: str | Path, *, figures: bool = True, overwrite: bool = False) -> list:
     """Write ``recurrence.tsv``, ``subsets.tsv``, ``iou.tsv``, ``templates_z.nii.gz``, ``recurrence.json``
     and ``recurrence.png`` into ``out``."""
-    out = _prepare_out(Path(out).expanduser(), overwrite)
+    out = prepare_output_dir(Path(out).expanduser(), overwrite, RECORD, "an earlier run")
     written = []
 
     def put(name, text):
@@ -261,21 +261,6 @@ def write_outputs(fitted: Recurrence, out: str | Path, *, figures: bool = True, 
     return written
 
 
-def _prepare_out(out: Path, overwrite: bool) -> Path:
-    import shutil
-
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"output directory {out} is not empty; use --overwrite to replace an earlier run")
-        if not (out / RECORD).is_file():
-            raise UserError(f"refusing to overwrite {out}: it is not empty and holds no {RECORD}")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def recurrence(export_dir: str | Path, out: str | Path | None = None, *, subsets=4, n_components: int = 10,
                iou_threshold: float = IOU_THRESHOLD, z_threshold: float = DEFAULT_THRESHOLD, sign: str = "positive",
                method: str = "canica", n_init: int = DEFAULTS["n_init"], standardize=DEFAULTS["standardize"],
@@ -304,9 +289,7 @@ def recurrence(export_dir: str | Path, out: str | Path | None = None, *, subsets
     RecurrenceResult
     """
     if out is not None:
-        out = Path(out).expanduser()
-        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
-            _prepare_out(out, overwrite)  # fail before the work
+        check_output_dir(Path(out).expanduser(), overwrite, RECORD, "an earlier run")  # fail before the work
     fitted = Recurrence(subsets, n_components, iou_threshold=iou_threshold, z_threshold=z_threshold, sign=sign,
                         method=method, n_init=n_init, standardize=standardize, detrend=detrend,
                         smoothing_fwhm=smoothing_fwhm, random_state=random_state, n_jobs=n_jobs).fit(export_dir)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import UserError
-from .fileio import write_json, write_text
+from .fileio import check_output_dir, write_json, write_text
 from .models import DEFAULT_MODEL, LoadedModel, load_model, model_label
 from .sites import DEFAULT_SITE
 
@@ -75,16 +75,6 @@ def default_out(model: str, site: str) -> Path:
     return Path("templates") / name / site
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"output directory {out} is not empty; use --overwrite to replace a template")
-        if not (out / TEMPLATE_RECORD).is_file():
-            raise UserError(f"refusing to overwrite {out}: it is not empty and holds no {TEMPLATE_RECORD}")
-
-
 def make_template(model: str | LoadedModel | None = None, site: str = DEFAULT_SITE, out: str | Path | None = None,
                   *, layout: str = "grid", tokens: int = UNDERLAY_TOKENS, text: str | None = None,
                   overwrite: bool = False, device: str = "cpu") -> Template:
@@ -115,7 +105,7 @@ def make_template(model: str | LoadedModel | None = None, site: str = DEFAULT_SI
         raise UserError("--tokens must be at least 1")
     spec = model.model_id if isinstance(model, LoadedModel) else (model or DEFAULT_MODEL)
     out = Path(out).expanduser() if out is not None else default_out(spec, site)
-    _check_out(out, overwrite)
+    check_output_dir(out, overwrite, TEMPLATE_RECORD, "a template")
     out.parent.mkdir(parents=True, exist_ok=True)
     loaded = model if isinstance(model, LoadedModel) else load_model(spec, device)
     # build next to the target and swap it in at the end: a failure leaves any earlier template intact

@@ -110,6 +110,18 @@ def tiny_llama_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    """A 4-run export of a tiny Llama at ``mlp.hidden`` (for ICA, recurrence and import tests)."""
+    from llm2nifti.export import export
+
+    text = tmp_path_factory.mktemp("text") / "text.txt"
+    text.write_text("Sphinx of black quartz, judge my vow. How vexingly quick daft zebras jump! " * 16)
+    out = tmp_path_factory.mktemp("export") / "tiny"
+    export(out, make_tiny("llama"), str(text), site="mlp.hidden", run_tokens=64, max_runs=4, progress=False)
+    return out
+
+
 def real_model_available() -> bool:
     import importlib.util
 

@@ -17,20 +17,8 @@ from conftest import make_tiny
 
 from llm2nifti.cli import main
 from llm2nifti.errors import UserError
-from llm2nifti.export import export
 from llm2nifti.ica import DEFAULTS, NeuronICA, load_runs, parse_runs, run_ica, to_neuron_order, zscore_maps
 from llm2nifti.importer import import_components
-
-TEXT = "The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs. " * 12
-
-
-@pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory):
-    text = tmp_path_factory.mktemp("text") / "text.txt"
-    text.write_text(TEXT)
-    out = tmp_path_factory.mktemp("export") / "tiny"
-    export(out, make_tiny("llama"), str(text), site="mlp.hidden", run_tokens=64, max_runs=4, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")

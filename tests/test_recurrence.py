@@ -7,15 +7,12 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import make_tiny
 
 from llm2nifti.cli import main
 from llm2nifti.errors import UserError
 from llm2nifti.export import export
 from llm2nifti.importer import select_neurons
 from llm2nifti.recurrence import binarize, iou_matrix, recurrence, split_runs
-
-TEXT = "Sphinx of black quartz, judge my vow. How vexingly quick daft zebras jump! " * 16
 
 
 def test_iou_matrix():
@@ -43,15 +40,6 @@ def test_split_runs():
         split_runs([1, 2, 3], 1)
     with pytest.raises(UserError, match="exceeds the 3 runs"):
         split_runs([1, 2, 3], 4)
-
-
-@pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory):
-    text = tmp_path_factory.mktemp("text") / "text.txt"
-    text.write_text(TEXT)
-    out = tmp_path_factory.mktemp("export") / "tiny"
-    export(out, make_tiny("llama"), str(text), site="mlp.hidden", run_tokens=64, max_runs=4, progress=False)
-    return out
 
 
 def test_recurrence_outputs(tiny_export, tmp_path):
