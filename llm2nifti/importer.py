@@ -29,7 +29,7 @@ import numpy as np
 
 from . import __version__
 from .errors import UserError
-from .fileio import prepare_output_dir, write_json, write_text
+from .fileio import check_output_dir, prepare_output_dir, write_json, write_text
 from .layout import NeuronLayout
 from .neuronmask import MASK_NPZ, MASK_RECORD, MASK_TSV, NeuronMask
 
@@ -336,8 +336,9 @@ def import_components(
     reference = load_reference(export_dir if export_dir is not None else template)
     loaded, shape, source = _load_image(img)
     check_geometry(shape, loaded.affine, reference)
-    if out is not None:
-        out = prepare_output_dir(Path(out).expanduser(), overwrite, MASK_RECORD, "an earlier import")
+    if out is not None:  # refuse a bad output directory before the work; create it only to write
+        out = Path(out).expanduser()
+        check_output_dir(out, overwrite, MASK_RECORD, "an earlier import")
 
     n_volumes = 1 if len(shape) == 3 else shape[3]
     chosen = _parse_components(components, n_volumes)
@@ -393,7 +394,7 @@ def import_components(
             "NeuronsPerComponent": {c: mask.size(c) for c in mask.components},
             **reference.provenance,
         }
-        write_outputs(mask, out, record)
+        write_outputs(mask, prepare_output_dir(out, overwrite, MASK_RECORD, "an earlier import"), record)
     return mask
 
 

@@ -237,3 +237,4 @@ def test_cli(exports, tmp_path):
     result = runner.invoke(main, ["import", str(path), "--export", str(out), "--out", str(tmp_path / "y"),
                                   "--threshold", "99"])
     assert result.exit_code == 1 and "Error: no component selects any neuron" in result.output
+    assert not (tmp_path / "y").exists() and not (tmp_path / "x").exists()  # failed imports leave nothing
