@@ -41,6 +41,7 @@ from .fileio import atomic_path, write_json, write_text
 from .masking import DEFAULT_FACTOR, DEFAULT_VALUE, MODES, apply_mask, neuron_means
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .neuronmask import NeuronMask
+from .recording import with_bos
 from .sites import DEFAULT_SITE, check_site, find_blocks
 from .text import bos_token_id, load_corpus, tokenize
 
@@ -148,12 +149,6 @@ def load_task(path: str | Path) -> ChoiceTask:
 
 
 # -- metrics -------------------------------------------------------------------------
-def _with_bos(ids: torch.Tensor, bos: int | None) -> tuple[torch.Tensor, int]:
-    if bos is None:
-        return ids, 0
-    return torch.cat([torch.full((ids.shape[0], 1), bos, dtype=ids.dtype), ids], dim=1), 1
-
-
 @torch.inference_mode()
 def language_model_metrics(model, windows: np.ndarray, bos: int | None = None, batch_size: int = 4,
                            device: str = "cpu") -> dict:
@@ -165,7 +160,7 @@ def language_model_metrics(model, windows: np.ndarray, bos: int | None = None, b
     loss_sum, correct, count = 0.0, 0, 0
     for start in range(0, len(windows), batch_size):
         ids = torch.as_tensor(windows[start:start + batch_size], dtype=torch.long)
-        inputs, offset = _with_bos(ids, bos)
+        inputs, offset = with_bos(ids, bos)
         logits = model(input_ids=inputs.to(device), attention_mask=torch.ones_like(inputs).to(device)).logits
         logits = logits[:, offset:-1].float()
         targets = ids[:, 1:].to(logits.device)

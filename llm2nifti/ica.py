@@ -45,7 +45,7 @@ import numpy as np
 from . import __version__, nifti
 from .errors import UserError
 from .fileio import check_output_dir, prepare_output_dir, write_json, write_text
-from .importer import DEFAULT_THRESHOLD, Reference, load_reference
+from .importer import DEFAULT_THRESHOLD, Reference, load_reference, zscore_values
 
 log = logging.getLogger("llm2nifti.ica")
 
@@ -175,10 +175,7 @@ def _standardize_value(standardize):
 
 def zscore_maps(maps: np.ndarray) -> np.ndarray:
     """Z-score each row of ``maps`` (components x neurons) over its neurons; constant rows become 0."""
-    maps = np.asarray(maps, dtype=np.float64)
-    mean = maps.mean(axis=1, keepdims=True)
-    std = maps.std(axis=1, keepdims=True)
-    return np.divide(maps - mean, std, out=np.zeros_like(maps), where=std > 0)
+    return np.stack([zscore_values(row) for row in np.atleast_2d(maps)])  # the same z as `import` uses
 
 
 class NeuronICA:

@@ -18,7 +18,6 @@ nilearn's ``components_img_`` and ``fslroi``; MELODIC's report numbers IC
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import warnings
@@ -31,6 +30,7 @@ from . import __version__
 from .errors import UserError
 from .fileio import check_output_dir, prepare_output_dir, write_json, write_text
 from .layout import NeuronLayout
+from .models import file_sha256
 from .neuronmask import MASK_NPZ, MASK_RECORD, MASK_TSV, NeuronMask
 
 SIGNS = ("positive", "negative", "absolute")
@@ -193,6 +193,14 @@ def _parse_components(components, n_volumes: int) -> list[int]:
     return list(dict.fromkeys(items))
 
 
+def zscore_values(values: np.ndarray) -> np.ndarray:
+    """Z-score over the finite entries (population std); a constant map becomes all zeros."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    std = finite.std() if finite.size else 0.0
+    return (values - finite.mean()) / std if std > 0 else np.zeros_like(values)
+
+
 def select_neurons(values: np.ndarray, *, threshold: float = DEFAULT_THRESHOLD, sign: str = "positive",
                    zscore: bool = True, top_k: int | None = None, top_percent: float | None = None):
     """Neuron ids chosen from one component's in-mask values, and their weights.
@@ -224,8 +232,7 @@ def select_neurons(values: np.ndarray, *, threshold: float = DEFAULT_THRESHOLD, 
     if not finite.any():
         return np.array([], dtype=np.int64), np.array([])
     if zscore:
-        mean, std = values[finite].mean(), values[finite].std()
-        values = (values - mean) / std if std > 0 else np.zeros_like(values)
+        values = zscore_values(values)
     score = {"positive": values, "negative": -values, "absolute": np.abs(values)}[sign]
     score = np.where(finite, score, -np.inf)
     if top_k is not None or top_percent is not None:
@@ -253,17 +260,6 @@ def _check_options(threshold, sign, top_k, top_percent) -> str:
     if not math.isfinite(threshold):
         raise UserError("--threshold must be a finite number")
     return "threshold"
-
-
-def _file_sha256(path: str) -> str | None:
-    try:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while block := fh.read(1 << 22):
-                digest.update(block)
-        return digest.hexdigest()
-    except OSError:
-        return None
 
 
 def import_components(
@@ -378,7 +374,7 @@ def import_components(
         record = {
             "llm2niftiVersion": __version__,
             "Source": source,
-            "SourceSHA256": _file_sha256(source) if source != "<in-memory image>" else None,
+            "SourceSHA256": file_sha256(source) if source != "<in-memory image>" else None,
             "Reference": str(reference.root),
             "ReferenceKind": reference.kind,
             "Selection": method,

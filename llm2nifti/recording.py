@@ -18,6 +18,13 @@ def trunk(model):
     return base if isinstance(base, torch.nn.Module) else model
 
 
+def with_bos(ids: torch.Tensor, bos_id: int | None) -> tuple[torch.Tensor, int]:
+    """``ids`` (batch, tokens) with ``bos_id`` prepended to each row when given, and the offset of token 0."""
+    if bos_id is None:
+        return ids, 0
+    return torch.cat([torch.full((ids.shape[0], 1), bos_id, dtype=ids.dtype), ids], dim=1), 1
+
+
 @torch.inference_mode()
 def record(model, blocks: Blocks, site: str, input_ids: np.ndarray, bos_id: int | None = None,
            device: str = "cpu") -> np.ndarray:
@@ -37,11 +44,7 @@ def record(model, blocks: Blocks, site: str, input_ids: np.ndarray, bos_id: int 
     batch, n_tokens = input_ids.shape
     n_neurons = blocks.n_neurons(site)
     out = np.empty((batch, n_tokens, blocks.n_layers, n_neurons), dtype=np.float32)
-    offset = 0
-    ids = torch.as_tensor(input_ids, dtype=torch.long)
-    if bos_id is not None:
-        ids = torch.cat([torch.full((batch, 1), bos_id, dtype=torch.long), ids], dim=1)
-        offset = 1
+    ids, offset = with_bos(torch.as_tensor(input_ids, dtype=torch.long), bos_id)
 
     target = torch.from_numpy(out)
 
