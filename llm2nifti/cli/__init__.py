@@ -26,6 +26,18 @@ class _Group(click.Group):
             raise click.ClickException(str(err).replace("\n", " ")) from None
 
 
+def _quiet(ctx, param, value):
+    if value:
+        logging.getLogger("llm2nifti").setLevel(logging.WARNING)
+    return value
+
+
+def quiet_option(func):
+    """``--quiet``: no progress bar and no progress messages (the command still gets ``quiet``)."""
+    return click.option("--quiet", is_flag=True, callback=_quiet,
+                        help="No progress bar or progress messages.")(func)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="llm2nifti")
 def main():

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from ..export import export
 from ..layout import LAYOUTS
 from ..models import ALIASES, DEFAULT_MODEL
 from ..sites import DEFAULT_SITE, SITES
-from . import main
+from . import main, quiet_option
 
 EPILOG = """\b
 Examples:
@@ -53,7 +51,7 @@ Examples:
 @click.option("--down-proj", default=None,
               help="Dotted path of the MLP down projection inside a block (e.g. mlp.down_proj).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, cuda:1, ...).")
-@click.option("--quiet", is_flag=True, help="No progress bar or progress messages.")
+@quiet_option
 def export_command(out, model, text, text_field, site, layout, run_tokens, max_runs, context, batch_size, dtype,
                    nifti2, resume, overwrite, blocks, down_proj, device, quiet):
     """Export MLP neuron activations of a language model as BIDS-style pseudo-4D NIfTI runs.
@@ -62,8 +60,6 @@ def export_command(out, model, text, text_field, site, layout, run_tokens, max_r
     run, a brain mask whose voxels are exactly the neurons, a layer atlas, a
     mean-activation underlay and neurons.tsv (the voxel <-> neuron map).
     """
-    if quiet:
-        logging.getLogger("llm2nifti").setLevel(logging.WARNING)
     result = export(
         out, model, text, site=site, layout=layout, run_tokens=run_tokens, max_runs=max_runs or None,
         context=context, batch_size=batch_size, text_field=text_field, dtype=dtype, nifti2=nifti2,

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from ..ica import DEFAULTS, METHODS, STANDARDIZE, run_ica
-from . import main
+from . import main, quiet_option
 
 EPILOG = """\b
 Examples:
@@ -68,7 +66,7 @@ def _threshold(value: str):
 @click.option("--score", is_flag=True, help="Also compute explained variance per component (nilearn's score; slow).")
 @click.option("--no-figures", is_flag=True, help="Do not draw figures.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier ICA in --out.")
-@click.option("--quiet", is_flag=True, help="No progress messages.")
+@quiet_option
 def ica_command(export_dir, out, method, n_components, runs, smoothing_fwhm, standardize, detrend, threshold,
                 n_init, alpha, random_state, n_jobs, score, no_figures, overwrite, quiet):
     """Group ICA of an export with nilearn's own CanICA or DictLearning, unchanged.
@@ -78,8 +76,6 @@ def ica_command(export_dir, out, method, n_components, runs, smoothing_fwhm, sta
     ready for `llm2nifti import`, with one time-course table per run, the
     parameters used, and figures (layer x neuron images and nilearn views).
     """
-    if quiet:
-        logging.getLogger("llm2nifti").setLevel(logging.WARNING)
     result = run_ica(
         export_dir, out, method=method, n_components=n_components, runs=runs, smoothing_fwhm=smoothing_fwhm or None,
         standardize=standardize, detrend=detrend, threshold=_threshold(threshold), n_init=n_init, alpha=alpha,

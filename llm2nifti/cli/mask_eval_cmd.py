@@ -10,7 +10,7 @@ from ..evaluate import DEFAULT_CONTEXT, DEFAULT_CONTROLS, DEFAULT_MAX_TOKENS, ma
 from ..masking import DEFAULT_FACTOR, DEFAULT_VALUE, MODES
 from ..models import ALIASES, DEFAULT_MODEL
 from ..sites import SITES
-from . import main
+from . import main, quiet_option
 
 EPILOG = """\b
 Examples:
@@ -57,7 +57,7 @@ Examples:
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Write the CSV table here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write the PNG plot here.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, cuda:1, ...).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def mask_eval_command(model, masks, mode, site, components, no_union, factor, value, text, text_field, max_tokens,
                       context, batch_size, random_controls, seed, tasks, out, json_path, csv_path, plot_path, device,
                       quiet):

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from ..ica import DEFAULTS, METHODS, STANDARDIZE
 from ..importer import DEFAULT_THRESHOLD, SIGNS
 from ..recurrence import IOU_THRESHOLD, recurrence
-from . import main
+from . import main, quiet_option
 
 EPILOG = """\b
 Examples:
@@ -54,7 +52,7 @@ def _subsets(value: str):
 @click.option("--n-jobs", type=int, default=DEFAULTS["n_jobs"], show_default=True)
 @click.option("--no-figures", is_flag=True, help="Do not draw recurrence.png.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier result in --out.")
-@click.option("--quiet", is_flag=True, help="No progress messages.")
+@quiet_option
 def recurrence_command(export_dir, out, subsets, n_components, iou_threshold, z_threshold, sign, method, n_init,
                        standardize, random_state, n_jobs, no_figures, overwrite, quiet):
     """Do the networks of an export recur across disjoint parts of its text?
@@ -63,8 +61,6 @@ def recurrence_command(export_dir, out, subsets, n_components, iou_threshold, z_
     map, and counts for each template the subsets in which some component
     overlaps it with IoU >= --iou-threshold. Prints the table.
     """
-    if quiet:
-        logging.getLogger("llm2nifti").setLevel(logging.WARNING)
     result = recurrence(
         export_dir, out, subsets=_subsets(subsets), n_components=n_components, iou_threshold=iou_threshold,
         z_threshold=z_threshold, sign=sign, method=method, n_init=n_init, standardize=standardize,

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from ..layout import LAYOUTS
 from ..models import ALIASES, DEFAULT_MODEL
 from ..sites import DEFAULT_SITE, SITES
 from ..templates import UNDERLAY_TOKENS, make_template
-from . import main
+from . import main, quiet_option
 
 EPILOG = """\b
 Examples:
@@ -33,14 +31,12 @@ Examples:
 @click.option("--text", default=None, help="Text for the underlay instead of the built-in corpus.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing template in --out.")
-@click.option("--quiet", is_flag=True, help="No progress messages.")
+@quiet_option
 def template_command(model, site, out, layout, tokens, text, device, overwrite, quiet):
     """Write a model's grid at one site, without runs: mask, layer atlas, neurons.tsv, underlay, README.
 
     `llm2nifti import --template DIR` accepts the result in place of an export.
     """
-    if quiet:
-        logging.getLogger("llm2nifti").setLevel(logging.WARNING)
     template = make_template(model, site, out, layout=layout, tokens=tokens, text=text, overwrite=overwrite,
                              device=device)
     click.echo(template.summary())
