@@ -31,7 +31,7 @@ def _phase(args) -> dict:
     import numpy as np
     import torch
 
-    from llm2nifti.export import export
+    from llm2nifti import export
     from llm2nifti.models import load_model
     from llm2nifti.recording import trunk
     from llm2nifti.text import bos_token_id, cut_runs, load_corpus, tokenize

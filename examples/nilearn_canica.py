@@ -59,14 +59,14 @@ def main() -> None:
     print(f"CanICA: {args.n_components} components from {len(runs)} runs -> {components}")
 
     # 3. import: llm2nifti --------------------------------------------------------------------
-    from llm2nifti.importer import import_components
+    from llm2nifti import import_components
 
-    networks = import_components(components, export_dir=export_dir, threshold=2.0, sign="positive",
-                                 out=out / "networks", overwrite=True)
+    networks = import_components(components, export=export_dir, threshold=2.0, sign="positive",
+                                 out=out / "networks", overwrite=True).mask
     for name in networks.components:
         layers = networks.counts(name)
         print(f"  {name}: {networks.size(name):4d} neurons, most in layer {int(layers.argmax())}")
-    print(f"neurons per component -> {out / 'networks' / 'neurons.tsv'}")
+    print(f"neurons per component -> {out / 'networks' / 'selection.tsv'}")
 
 
 if __name__ == "__main__":

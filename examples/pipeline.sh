@@ -23,12 +23,12 @@ llm2nifti export --model "$MODEL" --site "$SITE" --out "$OUT/export" --max-runs 
 llm2nifti ica "$OUT/export" --n-components "$COMPONENTS" --out "$OUT/ica" --overwrite
 llm2nifti import "$OUT/ica/components.nii.gz" --export "$OUT/export" --out "$OUT/networks" --overwrite
 llm2nifti mask-eval --model "$MODEL" --masks "$OUT/networks" --mode ablate --components C0,C1,C2 \
-    --max-tokens 512 --context "$EVAL_CONTEXT" --random-controls 1 --quiet --out "$OUT/mask-eval"
+    --max-tokens 512 --context "$EVAL_CONTEXT" --random-controls 1 --quiet --out "$OUT/mask-eval" --overwrite
 llm2nifti recurrence "$OUT/export" --subsets 2 --n-components "$COMPONENTS" --n-init 2 \
     --out "$OUT/recurrence" --overwrite --quiet
 
 echo
 echo "component maps and figures: $OUT/ica (figures/components_layers.png)"
-echo "neurons per component:      $OUT/networks/neurons.tsv (counts.tsv per layer)"
+echo "neurons per component:      $OUT/networks/selection.tsv (counts.tsv per layer)"
 echo "masking effects:            $OUT/mask-eval/mask-eval.csv"
 echo "recurrence table:           $OUT/recurrence/recurrence.tsv"

@@ -3,31 +3,39 @@
 Export MLP neuron activations as BIDS-style pseudo-4D NIfTI runs, analyse them
 with unchanged neuroimaging tools (nilearn, FSL MELODIC, viewers), map
 component maps back to neurons, and test those neurons with masking hooks.
+
+Every command of the ``llm2nifti`` program has one Python twin here with the
+same parameter names: :func:`export`, :func:`import_components`,
+:func:`run_ica`, :func:`recurrence`, :func:`mask_eval`, :func:`make_template`.
 """
 
-__version__ = "0.1.0"
-
-from .errors import UserError  # noqa: E402
-from .evaluate import mask_eval  # noqa: E402
-from .export import ExportResult, export  # noqa: E402
-from .ica import NeuronICA, run_ica  # noqa: E402
-from .importer import import_components  # noqa: E402
-from .layout import NeuronLayout, neuron_label  # noqa: E402
-from .masking import apply_mask  # noqa: E402
-from .models import LoadedModel, load_model  # noqa: E402
-from .neuronmask import NeuronMask  # noqa: E402
-from .recurrence import Recurrence, recurrence  # noqa: E402
-from .sites import find_blocks, hook_point, site_hooks  # noqa: E402
-from .templates import make_template  # noqa: E402
+from ._version import __version__
+from .errors import Llm2niftiError, UserError
+from .ica import NeuronICA
+from .indices import neuron_label
+from .layout import NeuronLayout
+from .masking import apply_mask
+from .models import LoadedModel, load_model
+from .neuronmask import NeuronMask
+from .recurrence import Recurrence
+from .sites import find_blocks, hook_point, site_hooks
+from .workflows.export import ExportResult, export
+from .workflows.ica import run_ica
+from .workflows.importing import import_components
+from .workflows.mask_eval import mask_eval
+from .workflows.recurrence import recurrence
+from .workflows.template import make_template
 
 __all__ = [
     "ExportResult",
+    "Llm2niftiError",
     "LoadedModel",
     "NeuronICA",
     "NeuronMask",
     "NeuronLayout",
     "Recurrence",
     "UserError",
+    "__version__",
     "apply_mask",
     "export",
     "find_blocks",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .indices import component_name
 from .layout import NeuronLayout
 
 MAX_CUTS = 8
@@ -103,7 +104,50 @@ def plot_components_layers(maps, layout: NeuronLayout, *, titles=None, ncols: in
             ax.set_xlabel("")
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=dpi)
+        save_png(fig, path, dpi=dpi)
+    return fig
+
+
+def plot_mask_eval(result):
+    """Loss and accuracy of each mask-eval condition (red) next to its random controls (grey, mean +- sd).
+
+    Parameters
+    ----------
+    result : MaskEvalResult or dict
+        A :class:`~llm2nifti.workflows.mask_eval.MaskEvalResult`, or its
+        ``to_dict()`` (``baseline``, ``conditions``, ``settings``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        With the baseline as a dashed line in both panels.
+    """
+    data = result.to_dict() if hasattr(result, "to_dict") else result
+    baseline, conditions, settings = data["baseline"], data["conditions"], data["settings"]
+    names = [c["name"] for c in conditions]
+    fig = _figure(width=max(6.0, 1.1 * len(names) + 3), height=4.2)
+    fig.set_layout_engine("constrained")
+    fig.suptitle(f"mask-eval: {settings.get('Model', '')}, {settings.get('Mode', '')} at "
+                 f"{settings.get('Site', '')}, {settings.get('NumTokens', '')} tokens", fontsize=10)
+    for ax, metric, label in zip(fig.subplots(1, 2), ("loss", "accuracy"),
+                                 ("next-token loss (nats)", "next-token accuracy")):
+        ax.axhline(baseline[metric], color="black", linestyle="--", linewidth=1, label="baseline (no mask)")
+        for i, c in enumerate(conditions):
+            ctrl = c["controls"]
+            if ctrl:
+                values = ctrl["losses"] if metric == "loss" else ctrl["accuracies"]
+                ax.scatter(np.full(len(values), i + 0.18), values, s=10, color="0.6", zorder=2)
+                ax.errorbar(i + 0.18, ctrl[f"mean_{metric}"], yerr=ctrl[f"std_{metric}"] or 0, fmt="s",
+                            color="0.35", capsize=4, label="random controls (mean +- sd)" if i == 0 else None,
+                            zorder=3)
+            ax.plot(i - 0.18, c[metric], "o", color="tab:red", markersize=8, label="mask" if i == 0 else None,
+                    zorder=4)
+        ax.set_xticks(np.arange(len(names)), [f"{n}\n({c['n_neurons']})" for n, c in zip(names, conditions)],
+                      fontsize=8)
+        ax.set_xlim(-0.7, len(names) - 0.3)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    fig.axes[0].legend(fontsize=7, loc="best")
     return fig
 
 
@@ -111,6 +155,14 @@ def _figure(width: float, height: float):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height))
+
+
+def save_png(figure, path: str | Path, *, dpi: float | None = None) -> None:
+    """Save a matplotlib figure or a nilearn display as PNG, atomically (no half-written file is ever seen)."""
+    from .transaction import atomic_path
+
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi)
 
 
 def layer_cuts(values, layout: NeuronLayout, threshold: float, max_cuts: int = MAX_CUTS) -> list[float]:
@@ -182,49 +234,52 @@ def find_underlay(root: str | Path):
 
 
 def write_ica_figures(ica, out_dir: str | Path, *, threshold: float = 2.0, stat_maps: bool = True) -> list[Path]:
-    """Figures of a fitted :class:`~llm2nifti.ica.NeuronICA` into ``out_dir``.
+    """Figures of a fitted :class:`~llm2nifti.ica.NeuronICA` into ``out_dir`` (created if missing).
 
     Writes ``components_layers.png`` (all z-maps as layer x neuron images),
     ``C<i>_layers.png`` (one per component, full width), ``C<i>_stat_map.png``
     (nilearn over the export's mean underlay) and ``components_atlas.png``
-    (nilearn ``plot_prob_atlas``). Returns the paths written.
+    (nilearn ``plot_prob_atlas``). Every file is written atomically. Returns
+    the paths written.
     """
-    from nilearn.image import index_img
+    from .transaction import make_dirs
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     layout = ica.layout_
-    written = []
-    path = out / "components_layers.png"
-    plot_components_layers(ica.components_z_, layout, path=path)
-    written.append(path)
+    written = [out / "components_layers.png"]
+    plot_components_layers(ica.components_z_, layout, path=written[0])
     width = max(6.0, min(20.0, layout.n_neurons / 100))
     for c, z in enumerate(ica.components_z_):
         fig = _figure(width=width, height=1.2 + 0.12 * layout.n_layers)
-        ax = fig.add_subplot()
-        plot_layer_neuron(z, layout, ax=ax, title=f"C{c} (z)", label="z")
+        plot_layer_neuron(z, layout, ax=fig.add_subplot(), title=f"{component_name(c)} (z)", label="z")
         fig.tight_layout()
-        path = out / f"C{c}_layers.png"
-        fig.savefig(path, dpi=max(100, int(np.ceil(layout.n_neurons / width))))
-        written.append(path)
-    underlay = find_underlay(ica.runs_.root)
-    if stat_maps and underlay is not None:
-        import matplotlib.pyplot as plt
+        written.append(out / f"{component_name(c)}_layers.png")
+        save_png(fig, written[-1], dpi=max(100, int(np.ceil(layout.n_neurons / width))))
+    underlay = ica.export_.paths.mean
+    if stat_maps and underlay.is_file():
+        written += _write_nilearn_views(ica, out, str(underlay), threshold)
+    return written
 
-        for c in range(len(ica.components_z_)):
-            path = out / f"C{c}_stat_map.png"
-            display = plot_component_stat_map(index_img(ica.components_z_img_, c), str(underlay), layout,
-                                              threshold=threshold, title=f"C{c}")
-            display.savefig(str(path), dpi=90)
-            display.close()
-            written.append(path)
-        path = out / "components_atlas.png"
-        display = plot_components_atlas(ica.components_z_img_, str(underlay), layout, threshold=threshold,
-                                        title=f"{len(ica.components_z_)} components, z > {threshold:g}")
-        display.savefig(str(path), dpi=90)
+
+def _write_nilearn_views(ica, out: Path, underlay: str, threshold: float) -> list[Path]:
+    """``C<i>_stat_map.png`` and ``components_atlas.png`` of :func:`write_ica_figures`."""
+    import matplotlib.pyplot as plt
+    from nilearn.image import index_img
+
+    written = []
+    for c in range(len(ica.components_z_)):
+        display = plot_component_stat_map(index_img(ica.components_z_img_, c), underlay, ica.layout_,
+                                          threshold=threshold, title=component_name(c))
+        written.append(out / f"{component_name(c)}_stat_map.png")
+        save_png(display, written[-1], dpi=90)
         display.close()
-        plt.close("all")
-        written.append(path)
+    display = plot_components_atlas(ica.components_z_img_, underlay, ica.layout_, threshold=threshold,
+                                    title=f"{len(ica.components_z_)} components, z > {threshold:g}")
+    written.append(out / "components_atlas.png")
+    save_png(display, written[-1], dpi=90)
+    display.close()
+    plt.close("all")
     return written
 
 
@@ -249,7 +304,7 @@ def plot_recurrence(best_iou, threshold: float = 0.2, *, recurrences=None, path:
                     color="black" if value > 0.6 else "white")
             if value >= threshold:
                 ax.add_patch(Rectangle((s - 0.5, t - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.2))
-    labels = [f"C{t}" if recurrences is None else f"C{t} ({int(recurrences[t])}/{n_subsets})"
+    labels = [component_name(t) if recurrences is None else f"{component_name(t)} ({int(recurrences[t])}/{n_subsets})"
               for t in range(n_templates)]
     ax.set_yticks(range(n_templates), labels, fontsize=7)
     ax.set_xticks(range(n_subsets), [f"{s + 1}" for s in range(n_subsets)], fontsize=7)
@@ -259,5 +314,5 @@ def plot_recurrence(best_iou, threshold: float = 0.2, *, recurrences=None, path:
     fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02, label="IoU")
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=dpi)
+        save_png(fig, path, dpi=dpi)
     return fig

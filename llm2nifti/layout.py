@@ -28,28 +28,21 @@ while sigma < 0.28, i.e. for any FWHM up to about 15.8 mm. See
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .fileio import write_text
+from .checks import check_choice, check_float, check_int
+from .errors import ParameterError
+from .indices import neuron_label
 
 VOXEL_SIZE_MM = 24.0
 LAYOUTS = ("grid", "brain")
-NEURONS_TSV_COLUMNS = ("i", "j", "k", "layer", "neuron", "label")
 #: Brain-like proportions of the synthetic head (x: left-right, y: back-front,
 #: z: up); the lower half of the ellipsoid is flattened like a real brain.
 _BRAIN_SEMI_AXES = np.array([0.82, 1.0, 0.78])
 _BRAIN_LOWER_Z_FACTOR = 0.7
-
-
-def neuron_label(layer: int, neuron: int) -> str:
-    """Human-facing neuron name, e.g. ``L12N345``."""
-    return f"L{layer}N{neuron}"
 
 
 def smoothing_leak(fwhm_mm: float, voxel_size_mm: float = VOXEL_SIZE_MM) -> float:
@@ -102,17 +95,15 @@ class NeuronLayout:
     voxels: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        if self.kind not in LAYOUTS:
-            raise UserError(f"unknown layout {self.kind!r}; choose one of {', '.join(LAYOUTS)}")
-        if self.n_layers < 1 or self.n_neurons < 1:
-            raise UserError(
-                f"a layout needs at least one layer and one neuron, got "
-                f"{self.n_layers} layers x {self.n_neurons} neurons"
-            )
+        check_choice("kind", self.kind, LAYOUTS)
+        object.__setattr__(self, "n_layers", check_int("n_layers", self.n_layers, min_value=1))
+        object.__setattr__(self, "n_neurons", check_int("n_neurons", self.n_neurons, min_value=1))
+        object.__setattr__(self, "voxel_size", check_float("voxel_size", self.voxel_size, min_value=0,
+                                                           min_exclusive=True))
         builder = _grid_voxels if self.kind == "grid" else _brain_voxels
         shape, voxels = builder(self.n_layers, self.n_neurons)
         if max(shape) > 32767:
-            raise UserError(
+            raise ParameterError(
                 f"the {self.kind} layout would need an image dimension of {max(shape)} voxels, "
                 "more than NIfTI-1 allows (32767); use the other layout"
             )
@@ -157,9 +148,9 @@ class NeuronLayout:
         layer = np.asarray(layer)
         neuron = np.asarray(neuron)
         if np.any((layer < 0) | (layer >= self.n_layers)):
-            raise UserError(f"layer index out of range 0..{self.n_layers - 1}")
+            raise ParameterError(f"layer index out of range 0..{self.n_layers - 1}")
         if np.any((neuron < 0) | (neuron >= self.n_neurons)):
-            raise UserError(f"neuron index out of range 0..{self.n_neurons - 1}")
+            raise ParameterError(f"neuron index out of range 0..{self.n_neurons - 1}")
         return self.voxels[layer * self.n_neurons + neuron]
 
     def to_neuron(self, i, j, k) -> tuple[np.ndarray, np.ndarray]:
@@ -169,10 +160,10 @@ class NeuronLayout:
         if np.any((i < 0) | (j < 0) | (k < 0)) or np.any(
             (i >= self.shape[0]) | (j >= self.shape[1]) | (k >= self.shape[2])
         ):
-            raise UserError(f"voxel outside the image of shape {self.shape}")
+            raise ParameterError(f"voxel outside the image of shape {self.shape}")
         flat = lookup[i, j, k]
         if np.any(flat < 0):
-            raise UserError("voxel outside the neuron mask")
+            raise ParameterError("voxel outside the neuron mask")
         return flat // self.n_neurons, flat % self.n_neurons
 
     def _neuron_lookup(self) -> np.ndarray:
@@ -198,46 +189,6 @@ class NeuronLayout:
             i, j, k = (int(v) for v in self.voxels[nid])
             rows.append((i, j, k, layer, neuron, neuron_label(layer, neuron)))
         return rows
-
-    def write_tsv(self, path: str | Path) -> None:
-        """Write ``neurons.tsv`` (header ``i j k layer neuron label``)."""
-        lines = ["\t".join(NEURONS_TSV_COLUMNS)] + ["\t".join(map(str, row)) for row in self.table()]
-        write_text(path, "\n".join(lines) + "\n")
-
-    @classmethod
-    def from_tsv(cls, path: str | Path, kind: str | None = None) -> NeuronLayout:
-        """Rebuild a layout from ``neurons.tsv`` and check that it matches exactly."""
-        table = read_neurons_tsv(path)
-        n_layers = int(table["layer"].max()) + 1
-        n_neurons = int(table["neuron"].max()) + 1
-        if len(table["layer"]) != n_layers * n_neurons:
-            raise UserError(f"{path}: expected {n_layers * n_neurons} neuron rows, found {len(table['layer'])}")
-        candidates = [kind] if kind else list(LAYOUTS)
-        for candidate in candidates:
-            layout = cls(n_layers, n_neurons, candidate)
-            voxels = layout.to_voxel(table["layer"], table["neuron"])
-            if np.array_equal(voxels, np.stack([table["i"], table["j"], table["k"]], axis=1)):
-                return layout
-        raise UserError(f"{path}: neuron coordinates match no llm2nifti layout")
-
-
-def read_neurons_tsv(path: str | Path) -> dict[str, np.ndarray]:
-    """Read ``neurons.tsv`` into integer columns ``i j k layer neuron`` (plus ``label``)."""
-    path = Path(path)
-    try:
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh, delimiter="\t")
-            missing = set(NEURONS_TSV_COLUMNS) - set(reader.fieldnames or ())
-            if missing:
-                raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-            rows = list(reader)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    if not rows:
-        raise UserError(f"{path}: no neuron rows")
-    table = {c: np.array([int(r[c]) for r in rows]) for c in NEURONS_TSV_COLUMNS[:5]}
-    table["label"] = np.array([r["label"] for r in rows])
-    return table
 
 
 def _near_square(n: int) -> tuple[int, int]:

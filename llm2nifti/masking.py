@@ -29,7 +29,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .errors import UserError
+from .checks import check_float, check_int
+from .errors import ParameterError
 from .models import LoadedModel
 from .neuronmask import NeuronMask
 from .recording import record
@@ -58,9 +59,11 @@ class LayerEdit:
 
     def __init__(self, indices: dict[int, np.ndarray], mode: str, factor: float = DEFAULT_FACTOR,
                  value: float = DEFAULT_VALUE, means: np.ndarray | None = None):
-        self.mode = mode
-        self.factor = float(factor)
-        self.value = float(value)
+        self.mode = check_mode(mode)
+        self.factor = check_float("factor", factor)
+        self.value = check_float("value", value)
+        if mode == "mean" and means is None:
+            raise ParameterError("mode 'mean' needs `means`, one value per neuron")
         self._indices = {int(layer): torch.as_tensor(np.asarray(idx), dtype=torch.long)
                          for layer, idx in indices.items() if len(idx)}
         self._means = None
@@ -97,12 +100,19 @@ class LayerEdit:
         return x.index_copy(-1, idx, new)
 
 
+def check_mode(mode) -> str:
+    """One of :data:`MODES`."""
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ParameterError(f"unknown mode {mode!r} for `mode`; choose one of {', '.join(MODES)}")
+    return mode
+
+
 def _unwrap(model) -> tuple[torch.nn.Module, dict]:
     if isinstance(model, LoadedModel):
         return model.model, model.provenance
     if isinstance(model, torch.nn.Module):
         return model, {}
-    raise UserError(f"expected a LoadedModel or a torch module, got {type(model).__name__}")
+    raise ParameterError(f"`model` must be a LoadedModel or a torch module, got {type(model).__name__}")
 
 
 def edit_indices(mask: NeuronMask, mode: str, n_layers: int, n_neurons: int, component=None) -> dict[int, np.ndarray]:
@@ -158,18 +168,20 @@ def apply_mask(
 
     Raises
     ------
-    UserError
-        For an unknown mode or site, or a mask made for another model, site or size.
+    ParameterError
+        For an unknown mode or site, or a ``factor`` or ``value`` that is not a finite number.
+    MismatchError
+        For a mask made for another model, site or size.
 
     Examples
     --------
     >>> with apply_mask(loaded, mask, "ablate"):          # doctest: +SKIP
     ...     logits = loaded.model(input_ids).logits
     """
-    if mode not in MODES:
-        raise UserError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    check_mode(mode)
+    factor, value = check_float("factor", factor), check_float("value", value)
     if not isinstance(mask, NeuronMask):
-        raise UserError(f"expected a NeuronMask, got {type(mask).__name__}")
+        raise ParameterError(f"`mask` must be a NeuronMask, got {type(mask).__name__}")
     module, provenance = _unwrap(model)
     site = check_site(site or mask.site or DEFAULT_SITE)
     found = blocks or find_blocks(module)
@@ -185,11 +197,13 @@ def apply_mask(
 def _check_means(model, means, site, n_layers, n_neurons, found) -> np.ndarray:
     if means is None:
         if not isinstance(model, LoadedModel):
-            raise UserError("mode 'mean' needs means=... (see neuron_means) or a LoadedModel to compute them")
+            raise ParameterError("mode 'mean' needs means: pass `means` (see neuron_means) or a LoadedModel to "
+                                 "compute them")
         return neuron_means(model, site, blocks=found)
     means = np.asarray(means, dtype=np.float32)
     if means.size != n_layers * n_neurons:
-        raise UserError(f"means has {means.size} values; the site has {n_layers} x {n_neurons} neurons")
+        raise ParameterError(f"means has {means.size} values; the site has {n_layers} x {n_neurons} neurons "
+                             "(`means` needs one per neuron)")
     return means.reshape(n_layers, n_neurons)
 
 
@@ -223,6 +237,8 @@ def neuron_means(
     -------
     ndarray of shape (n_layers, n_neurons), float32
     """
+    for name, number in (("max_tokens", max_tokens), ("context", context), ("batch_size", batch_size)):
+        check_int(name, number, min_value=1)
     found = blocks or find_blocks(model.model)
     if token_ids is None:
         token_ids = tokenize(model.tokenizer, load_corpus(text).text, max_tokens)
@@ -230,7 +246,7 @@ def neuron_means(
     context = min(context, len(token_ids))
     n_windows = len(token_ids) // context if context else 0
     if n_windows == 0:
-        raise UserError("no tokens to compute neuron means from")
+        raise ParameterError("no tokens to compute neuron means from (`token_ids` or `text` is empty)")
     windows = token_ids[: n_windows * context].reshape(n_windows, context)
     device = device or str(next(model.model.parameters()).device)
     bos = bos_token_id(model.tokenizer)

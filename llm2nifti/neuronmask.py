@@ -5,32 +5,22 @@ A :class:`NeuronMask` maps component names (``"C0"``, ``"C1"``, ...) to sets of
 It knows, when it can, the model, site and size it was made for, so that it
 refuses to be applied to another one.
 
-On disk a mask is a tab-separated ``neurons.tsv`` with the header
-``component layer neuron weight`` (one row per selected neuron per component;
-``n/a`` for a missing weight), and, for Python, ``mask.npz`` holding boolean
-arrays of shape ``(n_components, n_layers, n_neurons)``. Both are written by
-:func:`llm2nifti.importer.import_components`.
+On disk a mask is the output of ``llm2nifti import``
+(:mod:`llm2nifti.formats.selection`): ``selection.tsv`` with the header
+``component layer neuron weight`` and ``mask.npz``.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
+import numbers
 from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .fileio import atomic_path, write_text
-
-MASK_TSV = "neurons.tsv"
-MASK_NPZ = "mask.npz"
-MASK_RECORD = "import.json"
-MASK_TSV_COLUMNS = ("component", "layer", "neuron", "weight")
-#: Provenance keys compared by :meth:`NeuronMask.check_compatible`.
-MODEL_KEYS = ("ModelConfigSHA256", "ModelFileSHA256")
+from .checks import check_int
+from .errors import MismatchError, ParameterError
+from .records import ModelIdentity
 
 Pair = tuple[int, int]
 
@@ -38,17 +28,28 @@ Pair = tuple[int, int]
 def _as_pair(item) -> Pair:
     try:
         layer, neuron = item
-        pair = (int(layer), int(neuron))
     except (TypeError, ValueError):
-        raise UserError(f"a neuron must be a (layer, neuron) pair, got {item!r}") from None
+        raise ParameterError(f"`components` must map names to (layer, neuron) pairs, got {item!r}") from None
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in (layer, neuron)):
+        raise ParameterError(f"`components`: layer and neuron must be integers, got {item!r}")
+    pair = (int(layer), int(neuron))
     if pair[0] < 0 or pair[1] < 0:
-        raise UserError(f"negative layer or neuron index in {pair}")
+        raise ParameterError(f"`components`: negative layer or neuron index in {pair}")
     return pair
+
+
+def _weight(value) -> float:
+    """A weight: a finite number, or NaN for "no weight known" (neurons given without one)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isinf(value):
+        raise ParameterError(f"`components`: a weight must be a finite number (or NaN for none), got {value!r}")
+    return float(value)
 
 
 def _weight_dict(members) -> dict[Pair, float]:
     if isinstance(members, Mapping):
-        return {_as_pair(k): float(v) for k, v in members.items()}
+        return {_as_pair(k): _weight(v) for k, v in members.items()}
+    if isinstance(members, (str, bytes)) or not isinstance(members, Iterable):
+        raise ParameterError(f"`components` must map names to (layer, neuron) pairs, got {members!r}")
     return {_as_pair(item): math.nan for item in members}
 
 
@@ -81,15 +82,17 @@ class NeuronMask:
 
     def __init__(self, components: Mapping, n_layers: int | None = None, n_neurons: int | None = None,
                  provenance: dict | None = None):
+        if not isinstance(components, Mapping):
+            raise ParameterError(f"`components` must be a mapping of names to neurons, got {type(components).__name__}")
         self._members = {str(name): _weight_dict(members) for name, members in components.items()}
-        self.n_layers = None if n_layers is None else int(n_layers)
-        self.n_neurons = None if n_neurons is None else int(n_neurons)
+        self.n_layers = check_int("n_layers", n_layers, min_value=1, none_ok=True)
+        self.n_neurons = check_int("n_neurons", n_neurons, min_value=1, none_ok=True)
         self.provenance = dict(provenance or {})
         if self.n_layers is not None and self.n_neurons is not None:
             for name, members in self._members.items():
                 bad = [p for p in members if p[0] >= self.n_layers or p[1] >= self.n_neurons]
                 if bad:
-                    raise UserError(
+                    raise ParameterError(
                         f"component {name}: neuron L{bad[0][0]}N{bad[0][1]} lies outside "
                         f"{self.n_layers} layers x {self.n_neurons} neurons"
                     )
@@ -132,10 +135,11 @@ class NeuronMask:
     def _name(self, component) -> str:
         if isinstance(component, (int, np.integer)) and not isinstance(component, bool):
             if not -len(self) <= component < len(self):
-                raise UserError(f"component index {component} out of range: the mask has {len(self)} component(s)")
+                raise ParameterError(f"component index {component} out of range: the mask has {len(self)} component(s)")
             return self.components[component]
         if component not in self._members:
-            raise UserError(f"no component {component!r} in the mask; it has {', '.join(self.components) or 'none'}")
+            names = ", ".join(self.components) or "none"
+            raise ParameterError(f"no component {component!r} in the mask; it has {names}")
         return component
 
     def _pairs(self, component) -> set[Pair]:
@@ -253,17 +257,17 @@ class NeuronMask:
 
     def _check_same_target(self, other: NeuronMask) -> None:
         if (self.n_layers, self.n_neurons) != (other.n_layers, other.n_neurons):
-            raise UserError(
+            raise ParameterError(
                 f"masks of different sizes: {self.n_layers} x {self.n_neurons} and {other.n_layers} x {other.n_neurons}"
             )
-        for key in ("Site", *MODEL_KEYS):
+        for key in ("Site", *ModelIdentity.HASH_KEYS):
             a, b = self.provenance.get(key), other.provenance.get(key)
             if a and b and a != b:
-                raise UserError(f"masks made for different targets ({key}: {a} and {b})")
+                raise MismatchError(f"masks made for different targets ({key}: {a} and {b})")
 
     def _need_size(self, what: str) -> None:
         if self.n_total is None:
-            raise UserError(f"{what} needs the mask's size: this mask does not know its number of layers and "
+            raise ParameterError(f"{what} needs the mask's size: this mask does not know its number of layers and "
                             "neurons (read it from an import directory, or pass n_layers and n_neurons)")
 
     def with_size(self, n_layers: int, n_neurons: int) -> NeuronMask:
@@ -287,29 +291,18 @@ class NeuronMask:
 
         Raises
         ------
-        UserError
+        MismatchError
             Naming what differs.
         """
-        theirs = provenance or {}
-        mine = self.provenance
-        for key in MODEL_KEYS:
-            a, b = mine.get(key), theirs.get(key)
-            if a and b and a != b:
-                what = "config" if "Config" in key else "weights"
-                same_name = mine.get("ModelID") and mine.get("ModelID") == theirs.get("ModelID")
-                hint = (" (same name, other hash: another revision of the model, or an export made by another "
-                        "llm2nifti version); re-export and re-import" if same_name
-                        else "; import the maps of an export of this model")
-                raise UserError(
-                    f"this mask was made for model {mine.get('ModelID', '?')} ({what} {a[:12]}), "
-                    f"not {theirs.get('ModelID', '?')} ({what} {b[:12]}){hint}"
-                )
+        mine, theirs = self.provenance, provenance or {}
+        if mine.get("ModelConfigSHA256") and theirs.get("ModelConfigSHA256"):
+            ModelIdentity.from_json(mine).check_same(ModelIdentity.from_json(theirs), "this mask")
         if site and self.site and site != self.site:
-            raise UserError(f"this mask was made for site {self.site}, not {site}; apply it at --site {self.site}")
+            raise MismatchError(f"this mask was made for site {self.site}, not {site}; apply it at `site` {self.site}")
         where = f" at site {site}" if site else ""
         if n_layers is not None and n_neurons is not None:
             if self.n_total is not None and (self.n_layers, self.n_neurons) != (n_layers, n_neurons):
-                raise UserError(
+                raise MismatchError(
                     f"this mask was made for {self.n_layers} layers x {self.n_neurons} neurons, but the model has "
                     f"{n_layers} x {n_neurons}{where}"
                 )
@@ -317,114 +310,18 @@ class NeuronMask:
                 bad = [p for p in members if p[0] >= n_layers or p[1] >= n_neurons]
                 if bad:
                     layer, neuron = min(bad)
-                    raise UserError(
+                    raise MismatchError(
                         f"component {name} names neuron L{layer}N{neuron}, but the model has {n_layers} layers "
                         f"x {n_neurons} neurons{where}; was the mask made for another model or site?"
                     )
 
     # -- files --------------------------------------------------------------------
-    def to_tsv(self) -> str:
-        """The ``neurons.tsv`` text: ``component layer neuron weight``, sorted by layer and neuron."""
-        lines = ["\t".join(MASK_TSV_COLUMNS)]
-        for name, members in self._members.items():
-            for (layer, neuron), weight in sorted(members.items()):
-                cell = "n/a" if math.isnan(weight) else f"{weight:.6g}"
-                lines.append(f"{name}\t{layer}\t{neuron}\t{cell}")
-        return "\n".join(lines) + "\n"
-
-    def write_tsv(self, path: str | Path) -> None:
-        """Write ``neurons.tsv`` (see :meth:`to_tsv`)."""
-        write_text(path, self.to_tsv())
-
     @classmethod
-    def read_tsv(cls, path: str | Path, n_layers: int | None = None, n_neurons: int | None = None,
-                 provenance: dict | None = None) -> NeuronMask:
-        """Read a ``component layer neuron weight`` table; components keep their order of appearance."""
-        path = Path(path)
-        try:
-            with open(path, newline="") as fh:
-                reader = csv.DictReader(fh, delimiter="\t")
-                missing = set(MASK_TSV_COLUMNS[:3]) - set(reader.fieldnames or ())
-                if missing:
-                    hint = (" (this is an export's neuron map, not an import's mask; pass the output of "
-                            "`llm2nifti import`)" if {"i", "j", "k"} <= set(reader.fieldnames or ()) else "")
-                    raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))}{hint}")
-                components: dict[str, dict[Pair, float]] = {}
-                for lineno, row in enumerate(reader, 2):
-                    try:
-                        pair = _as_pair((row["layer"], row["neuron"]))
-                        raw = (row.get("weight") or "n/a").strip()
-                        weight = math.nan if raw in ("n/a", "") else float(raw)
-                    except (UserError, ValueError, TypeError):
-                        raise UserError(
-                            f"{path}:{lineno}: expected integer layer and neuron and a numeric weight"
-                        ) from None
-                    components.setdefault(row["component"], {})[pair] = weight
-        except FileNotFoundError:
-            raise UserError(f"{path}: no such file") from None
-        if not components:
-            raise UserError(f"{path}: no neuron rows")
-        return cls(components, n_layers, n_neurons, provenance)
+    def load(cls, path) -> NeuronMask:
+        """Read a mask from an import directory, a ``mask.npz`` or a selection TSV.
 
-    def save_npz(self, path: str | Path) -> None:
-        """Write ``mask.npz``: ``components`` (names), ``masks`` (bool, components x layers x neurons), ``weights``."""
-        self._need_size("saving mask.npz")
-        shape = (len(self), self.n_layers, self.n_neurons)
-        masks = np.zeros(shape, dtype=bool)
-        weights = np.full(shape, np.nan, dtype=np.float32)
-        for c, members in enumerate(self._members.values()):
-            if members:
-                index = tuple(np.array(sorted(members)).T)
-                masks[c][index] = True
-                weights[c][index] = [members[p] for p in sorted(members)]
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez_compressed(fh, components=np.array(self.components, dtype=str), masks=masks, weights=weights,
-                                provenance=np.array(json.dumps(self.provenance)))
-
-    @classmethod
-    def load_npz(cls, path: str | Path) -> NeuronMask:
-        """Read a file written by :meth:`save_npz`."""
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                names, masks, weights = data["components"], data["masks"], data["weights"]
-                provenance = json.loads(str(data["provenance"])) if "provenance" in data else {}
-        except (OSError, KeyError, ValueError) as err:
-            raise UserError(f"{path}: not a mask file written by llm2nifti ({err})") from None
-        components = {}
-        for name, mask, weight in zip(names, masks, weights):
-            layers, neurons = np.nonzero(mask)
-            components[str(name)] = {(int(a), int(b)): float(weight[a, b]) for a, b in zip(layers, neurons)}
-        return cls(components, masks.shape[1], masks.shape[2], provenance)
-
-    @classmethod
-    def load(cls, path: str | Path) -> NeuronMask:
-        """Read a mask from an import directory, a ``mask.npz`` or a ``neurons.tsv``.
-
-        An import directory gives the full mask with its provenance (model,
-        site, size); a bare ``neurons.tsv`` gives the neurons only.
+        See :func:`llm2nifti.formats.selection.read_mask`.
         """
-        path = Path(path).expanduser()
-        if path.is_dir():
-            if (path / MASK_NPZ).is_file():
-                return cls.load_npz(path / MASK_NPZ)
-            if (path / MASK_TSV).is_file():
-                provenance = _read_record(path / MASK_RECORD)
-                return cls.read_tsv(path / MASK_TSV, provenance.get("NumLayers"), provenance.get("NeuronsPerLayer"),
-                                    provenance)
-            raise UserError(
-                f"{path} holds no {MASK_NPZ} or {MASK_TSV}: pass the output directory of `llm2nifti import`"
-            )
-        if not path.exists():
-            raise UserError(f"mask {path} does not exist")
-        if path.suffix == ".npz":
-            return cls.load_npz(path)
-        return cls.read_tsv(path)
+        from .formats.selection import read_mask
 
-
-def _read_record(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON ({err.msg})") from None
+        return read_mask(path)

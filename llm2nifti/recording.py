@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import Llm2niftiError
 from .sites import Blocks, site_hooks
 
 
@@ -69,7 +69,7 @@ def check_finite(acts: np.ndarray, column_sums: np.ndarray, n_neurons: int, wher
     column = int(bad_columns[0])
     token = int(np.flatnonzero(~np.isfinite(acts[:, column]))[0])
     layer, neuron = divmod(column, n_neurons)
-    raise UserError(
+    raise Llm2niftiError(
         f"non-finite activation at L{layer}N{neuron}, token {token} of {where}: "
         "the model overflows on this text (try float32 weights or another model)"
     )

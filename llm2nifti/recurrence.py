@@ -1,46 +1,38 @@
-"""``recurrence``: do functional networks recur across inputs? (Liu et al., arXiv 2502.20408)
+"""``Recurrence``: do functional networks recur across inputs? (Liu et al., arXiv 2502.20408)
 
 The seed paper's main finding is that the networks ICA finds in an LLM recur
-when the input changes. This module repeats that test on an export:
+when the input changes. :class:`Recurrence` repeats that test on an export:
 
 1. group ICA on all runs gives the *templates*;
 2. the same ICA on each of several disjoint subsets of the runs (contiguous
    groups of runs, i.e. disjoint stretches of text; or one run each);
 3. every map is binarized exactly as ``llm2nifti import`` does (z-score over
    the neurons, keep ``z > 2`` on the positive side), with
-   :func:`llm2nifti.importer.select_neurons`;
+   :func:`llm2nifti.selection.select_neurons`;
 4. the IoU of every subset component against every template is computed;
    a template *recurs* in a subset when its best-matching subset component
    has an IoU of at least ``iou_threshold`` (0.2 in the paper).
 
 ICA is nilearn's, through :class:`llm2nifti.ica.NeuronICA`, with the same
-defaults as ``llm2nifti ica``.
+defaults as ``llm2nifti ica``. Writing the results is
+:mod:`llm2nifti.formats.recurrence`'s job.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from . import __version__, nifti
-from .errors import UserError
-from .fileio import check_output_dir, prepare_output_dir, write_json, write_text
-from .ica import DEFAULTS, ExportRuns, NeuronICA, load_runs
-from .importer import DEFAULT_THRESHOLD, SIGNS, select_neurons
-
-log = logging.getLogger("llm2nifti.recurrence")
+from .checks import check_bool, check_choice, check_float, check_int
+from .console import progress_bar
+from .errors import ParameterError
+from .ica import PARAMS as ICA_PARAMS
+from .ica import NeuronICA, open_runs
+from .indices import component_name
+from .selection import DEFAULT_THRESHOLD, SIGNS, select_neurons
 
 IOU_THRESHOLD = 0.2  # Liu et al.
-RECURRENCE_TSV = "recurrence.tsv"
-RECURRENCE_PNG = "recurrence.png"
-PAIRS_TSV = "iou.tsv"
-SUBSETS_TSV = "subsets.tsv"
-RECORD = "recurrence.json"
-TEMPLATES_IMG = "templates_z.nii.gz"
 
 
 # -- array math -----------------------------------------------------------------
@@ -64,20 +56,24 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros(inter.shape), where=union > 0)
 
 
+def check_subsets(subsets) -> int | str:
+    """``"runs"`` or a number of subsets (at least 2)."""
+    if subsets == "runs":
+        return subsets
+    if isinstance(subsets, str):
+        raise ParameterError(f"`subsets` must be a number or 'runs', got {subsets!r}")
+    return check_int("subsets", subsets, min_value=2)
+
+
 def split_runs(runs: list, subsets) -> list[list]:
     """Disjoint contiguous groups of runs: ``subsets`` groups (as equal as possible), or ``"runs"`` for one each."""
     runs = list(runs)
-    if subsets == "runs":
-        n = len(runs)
-    else:
-        try:
-            n = int(subsets)
-        except (TypeError, ValueError):
-            raise UserError(f"--subsets must be a number or 'runs', got {subsets!r}") from None
+    n = len(runs) if check_subsets(subsets) == "runs" else subsets
     if n < 2:
-        raise UserError("--subsets must be at least 2 (recurrence compares disjoint parts of the text)")
+        raise ParameterError("`subsets` must be at least 2 (recurrence compares disjoint parts of the text), "
+                             f"but the export has {len(runs)} run(s)")
     if n > len(runs):
-        raise UserError(f"--subsets {n} exceeds the {len(runs)} runs of the export")
+        raise ParameterError(f"`subsets` {n} exceeds the {len(runs)} runs of the export")
     return [list(map(int, part)) for part in np.array_split(np.asarray(runs), n)]
 
 
@@ -85,23 +81,27 @@ def split_runs(runs: list, subsets) -> list[list]:
 class Recurrence:
     """Group templates and per-subset ICA, compared by IoU of binarized maps.
 
+    Every parameter is checked when the object is made and again by :meth:`fit`.
+
     Parameters
     ----------
     subsets : int or "runs"
-        Number of disjoint contiguous groups of runs, or one subset per run.
+        Number of disjoint contiguous groups of runs (at least 2), or one subset per run.
     n_components : int
         Components of every ICA (group and subsets).
     iou_threshold : float
-        A template recurs in a subset when a subset component reaches this IoU.
-    z_threshold, sign : float, str
-        Binarization, as in ``llm2nifti import``.
+        A template recurs in a subset when a subset component reaches this IoU, in ``(0, 1]``.
+    z_threshold : float
+        Binarization, as in ``llm2nifti import``: keep neurons with a score above it.
+    sign : {"positive", "negative", "absolute"}
+        Which tail of the z-scored maps to keep.
     **ica_params
         Passed to :class:`~llm2nifti.ica.NeuronICA` (``method``, ``n_init``,
         ``standardize``, ``random_state``, ...).
 
     Attributes
     ----------
-    runs_ : ExportRuns
+    export_ : Export
     subset_runs_ : list of list of int
     group_ : NeuronICA
         The group ICA (templates).
@@ -117,6 +117,7 @@ class Recurrence:
         Subsets in which each template recurs.
     matched_ : ndarray of int, shape (n_subsets,)
         Components of each subset that match some template at the threshold.
+    seconds_ : float
     """
 
     def __init__(self, subsets=4, n_components: int = 10, *, iou_threshold: float = IOU_THRESHOLD,
@@ -127,31 +128,55 @@ class Recurrence:
         self.z_threshold = z_threshold
         self.sign = sign
         self.ica_params = ica_params
+        self.check_params()
+
+    def check_params(self) -> None:
+        """Raise :class:`~llm2nifti.errors.ParameterError` for any parameter of the wrong type or range."""
+        check_subsets(self.subsets)
+        check_float("iou_threshold", self.iou_threshold, min_value=0, min_exclusive=True, max_value=1)
+        check_float("z_threshold", self.z_threshold)
+        check_choice("sign", self.sign, SIGNS)
+        unknown = sorted(set(self.ica_params) - set(ICA_PARAMS))
+        if unknown:
+            raise ParameterError(f"`{unknown[0]}` is not a parameter of the ICA; give one of {', '.join(ICA_PARAMS)}")
+        self._ica()
 
     def _ica(self) -> NeuronICA:
         return NeuronICA(n_components=self.n_components, **self.ica_params)
 
-    def fit(self, export) -> Recurrence:
-        """Run the group ICA and one ICA per subset on ``export`` (a directory or :class:`ExportRuns`)."""
-        if self.sign not in SIGNS:
-            raise UserError(f"unknown sign {self.sign!r}; choose one of {', '.join(SIGNS)}")
-        if not 0 < self.iou_threshold <= 1:
-            raise UserError("--iou-threshold must be in (0, 1]")
-        runs = export if isinstance(export, ExportRuns) else load_runs(export)
-        self.runs_ = runs
-        self.subset_runs_ = split_runs(runs.runs, self.subsets)
+    def check_export(self, export) -> list[list[int]]:
+        """The subsets of the runs of ``export`` (opened); refuses too many subsets, or too many components."""
+        subset_runs = split_runs(export.runs, self.subsets)
+        ica = self._ica()
+        for runs in (export.runs, *subset_runs):
+            ica.check_size(export.select(runs))
+        return subset_runs
+
+    def fit(self, export, *, progress: bool = False) -> Recurrence:
+        """Run the group ICA and one ICA per subset on ``export`` (a directory or an opened export).
+
+        Parameters
+        ----------
+        export : str, Path or Export
+        progress : bool
+            A progress bar over the ICAs.
+        """
+        self.check_params()
+        check_bool("progress", progress)
+        export = open_runs(export)
+        self.subset_runs_ = self.check_export(export)
+        self.export_ = export
         started = time.perf_counter()
-        log.info("group ICA on %d runs (templates)", len(runs.runs))
-        self.group_ = self._ica().fit(runs, timecourses=False)
-        self.templates_ = binarize(self.group_.components_, self.z_threshold, self.sign)
-        self.subset_icas_, self.subset_masks_, self.iou_ = [], [], []
-        for s, chosen in enumerate(self.subset_runs_, 1):
-            log.info("subset %d/%d: runs %s", s, len(self.subset_runs_), ",".join(map(str, chosen)))
-            ica = self._ica().fit(runs.select(chosen), timecourses=False)
-            masks = binarize(ica.components_, self.z_threshold, self.sign)
-            self.subset_icas_.append(ica)
-            self.subset_masks_.append(masks)
-            self.iou_.append(iou_matrix(masks, self.templates_))
+        with progress_bar(1 + len(self.subset_runs_), desc="ICA", unit="ICA", enabled=progress) as bar:
+            self.group_ = self._ica().fit(export, timecourses=False)
+            self.templates_ = binarize(self.group_.components_, self.z_threshold, self.sign)
+            bar.update()
+            self.subset_icas_ = []
+            for chosen in self.subset_runs_:
+                self.subset_icas_.append(self._ica().fit(export.select(chosen), timecourses=False))
+                bar.update()
+        self.subset_masks_ = [binarize(ica.components_, self.z_threshold, self.sign) for ica in self.subset_icas_]
+        self.iou_ = [iou_matrix(masks, self.templates_) for masks in self.subset_masks_]
         self.best_iou_ = np.stack([m.max(axis=0) for m in self.iou_], axis=1)
         self.best_match_ = np.stack([m.argmax(axis=0) for m in self.iou_], axis=1)
         self.recurrences_ = (self.best_iou_ >= self.iou_threshold).sum(axis=1)
@@ -165,11 +190,11 @@ class Recurrence:
         n_subsets = len(self.subset_runs_)
         rows = []
         for t in range(len(self.templates_)):
-            row = {"template": f"C{t}", "n_neurons": int(self.templates_[t].sum())}
+            row = {"template": component_name(t), "n_neurons": int(self.templates_[t].sum())}
             for s in range(n_subsets):
                 row[f"iou_subset-{s + 1}"] = float(self.best_iou_[t, s])
             for s in range(n_subsets):
-                row[f"match_subset-{s + 1}"] = f"C{int(self.best_match_[t, s])}"
+                row[f"match_subset-{s + 1}"] = component_name(int(self.best_match_[t, s]))
             row["recurrences"] = int(self.recurrences_[t])
             row["recurrence_rate"] = float(self.recurrences_[t] / n_subsets)
             rows.append(row)
@@ -184,7 +209,8 @@ class Recurrence:
 
     def pairs_table(self) -> list[dict]:
         """Every (subset, component, template) IoU."""
-        return [{"subset": s + 1, "component": f"C{c}", "template": f"C{t}", "iou": float(m[c, t])}
+        return [{"subset": s + 1, "component": component_name(c), "template": component_name(t),
+                 "iou": float(m[c, t])}
                 for s, m in enumerate(self.iou_) for c in range(m.shape[0]) for t in range(m.shape[1])]
 
     def summary(self) -> str:
@@ -194,104 +220,3 @@ class Recurrence:
         return (f"{len(self.templates_)} templates, {n_subsets} subsets: {recurring} recur in at least one subset, "
                 f"{everywhere} in all; mean best IoU {self.best_iou_.mean():.2f} "
                 f"(IoU >= {self.iou_threshold:g} counts); {self.seconds_:.1f} s")
-
-
-def format_tsv(rows: list[dict]) -> str:
-    """Rows of dicts as TSV (floats with 4 decimals)."""
-    columns = list(rows[0])
-    lines = ["\t".join(columns)]
-    for row in rows:
-        lines.append("\t".join(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
-    return "\n".join(lines) + "\n"
-
-
-@dataclass
-class RecurrenceResult:
-    """What :func:`recurrence` did: the fitted :class:`Recurrence` and where it wrote."""
-
-    fitted: Recurrence
-    out_dir: Path | None
-    files: list = field(default_factory=list)
-
-    def summary(self) -> str:
-        where = f" -> {self.out_dir}" if self.out_dir else ""
-        return self.fitted.summary() + where
-
-    def table(self) -> str:
-        return format_tsv(self.fitted.table())
-
-
-def write_outputs(fitted: Recurrence, out: str | Path, *, figures: bool = True, overwrite: bool = False) -> list:
-    """Write ``recurrence.tsv``, ``subsets.tsv``, ``iou.tsv``, ``templates_z.nii.gz``, ``recurrence.json``
-    and ``recurrence.png`` into ``out``."""
-    out = prepare_output_dir(Path(out).expanduser(), overwrite, RECORD, "an earlier run")
-    written = []
-
-    def put(name, text):
-        write_text(out / name, text)
-        written.append(out / name)
-
-    put(RECURRENCE_TSV, format_tsv(fitted.table()))
-    put(SUBSETS_TSV, format_tsv(fitted.subset_table()))
-    put(PAIRS_TSV, format_tsv(fitted.pairs_table()))
-    nifti.save(fitted.group_.components_z_img_, out / TEMPLATES_IMG)
-    written.append(out / TEMPLATES_IMG)
-    record = {
-        "llm2niftiVersion": __version__,
-        "Export": str(fitted.runs_.root),
-        "Subsets": fitted.subset_runs_,
-        "NumComponents": fitted.n_components,
-        "IoUThreshold": fitted.iou_threshold,
-        "Binarization": {"Threshold": fitted.z_threshold, "Sign": fitted.sign, "ZScore": True},
-        "ICA": {k: (v if v is None or isinstance(v, (bool, int, float, str)) else repr(v))
-                for k, v in fitted.group_.get_params().items()},
-        "Recurrences": {f"C{t}": int(r) for t, r in enumerate(fitted.recurrences_)},
-        "MatchedPerSubset": [int(m) for m in fitted.matched_],
-        "Seconds": round(fitted.seconds_, 3),
-        **fitted.runs_.reference.provenance,
-    }
-    write_json(out / RECORD, record)
-    written.append(out / RECORD)
-    if figures:
-        from .figures import plot_recurrence
-
-        plot_recurrence(fitted.best_iou_, fitted.iou_threshold, path=out / RECURRENCE_PNG,
-                        recurrences=fitted.recurrences_)
-        written.append(out / RECURRENCE_PNG)
-    return written
-
-
-def recurrence(export_dir: str | Path, out: str | Path | None = None, *, subsets=4, n_components: int = 10,
-               iou_threshold: float = IOU_THRESHOLD, z_threshold: float = DEFAULT_THRESHOLD, sign: str = "positive",
-               method: str = "canica", n_init: int = DEFAULTS["n_init"], standardize=DEFAULTS["standardize"],
-               detrend: bool = DEFAULTS["detrend"], smoothing_fwhm=DEFAULTS["smoothing_fwhm"],
-               random_state=DEFAULTS["random_state"], n_jobs: int = DEFAULTS["n_jobs"], figures: bool = True,
-               overwrite: bool = False) -> RecurrenceResult:
-    """Test whether the group ICA networks of an export recur in disjoint subsets of its runs.
-
-    Parameters
-    ----------
-    export_dir : str or Path
-    out : str or Path, optional
-        Output directory (see :func:`write_outputs`); nothing is written when ``None``.
-    subsets : int or "runs"
-        Disjoint contiguous groups of runs, or ``"runs"`` for one subset per run.
-    n_components : int
-    iou_threshold : float
-        0.2 in Liu et al.
-    z_threshold, sign
-        Binarization of the maps, as in ``llm2nifti import``.
-    method, n_init, standardize, detrend, smoothing_fwhm, random_state, n_jobs
-        See :class:`llm2nifti.ica.NeuronICA`.
-
-    Returns
-    -------
-    RecurrenceResult
-    """
-    if out is not None:
-        check_output_dir(Path(out).expanduser(), overwrite, RECORD, "an earlier run")  # fail before the work
-    fitted = Recurrence(subsets, n_components, iou_threshold=iou_threshold, z_threshold=z_threshold, sign=sign,
-                        method=method, n_init=n_init, standardize=standardize, detrend=detrend,
-                        smoothing_fwhm=smoothing_fwhm, random_state=random_state, n_jobs=n_jobs).fit(export_dir)
-    files = write_outputs(fitted, out, figures=figures, overwrite=overwrite) if out is not None else []
-    return RecurrenceResult(fitted, out, files)

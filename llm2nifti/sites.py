@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import ModelError, ParameterError
 
 SITES = ("mlp.out", "mlp.hidden", "resid")
 DEFAULT_SITE = "mlp.out"
@@ -94,7 +94,7 @@ class Blocks:
 
 def check_site(site: str) -> str:
     if site not in SITES:
-        raise UserError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
+        raise ParameterError(f"`site` must be one of {', '.join(SITES)}; got {site!r}")
     return site
 
 
@@ -117,7 +117,7 @@ def _projection_sizes(proj: nn.Module) -> tuple[int, int]:
     weight = getattr(proj, "weight", None)
     if type(proj).__name__ == "Conv1D" and weight is not None:  # GPT-2 stores (in, out)
         return int(weight.shape[0]), int(weight.shape[1])
-    raise UserError(f"down projection {type(proj).__name__} is neither nn.Linear nor Conv1D")
+    raise ModelError(f"down projection {type(proj).__name__} is neither nn.Linear nor Conv1D")
 
 
 def find_blocks(model: nn.Module, blocks: str | None = None, down_proj: str | None = None) -> Blocks:
@@ -135,7 +135,7 @@ def find_blocks(model: nn.Module, blocks: str | None = None, down_proj: str | No
 
     Raises
     ------
-    UserError
+    ModelError
         When nothing suitable is found; the message lists where it looked.
     """
     arch = type(model).__name__
@@ -147,9 +147,9 @@ def find_blocks(model: nn.Module, blocks: str | None = None, down_proj: str | No
             stack, blocks_path = candidate, path
             break
     if stack is None:
-        raise UserError(
+        raise ModelError(
             f"no block stack found in {arch}: looked for a ModuleList at {', '.join(block_paths)}; "
-            "name it with --blocks PATH"
+            "name it with `blocks`"
         )
     proj_paths = [down_proj] if down_proj else list(DOWN_PROJ_CANDIDATES)
     for path in proj_paths:
@@ -157,9 +157,9 @@ def find_blocks(model: nn.Module, blocks: str | None = None, down_proj: str | No
         if all(isinstance(p, nn.Module) and hasattr(p, "weight") for p in projs):
             _projection_sizes(projs[0])
             return Blocks(blocks_path, path, list(stack), projs)
-    raise UserError(
+    raise ModelError(
         f"no MLP found in {arch}: looked in each of {blocks_path}[*] for "
-        f"{', '.join(proj_paths)}; name the down projection with --down-proj NAME"
+        f"{', '.join(proj_paths)}; name the down projection with `down_proj`"
     )
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .checks import check_int, check_str
+from .errors import DamagedFileError, Llm2niftiError, ParameterError
 
 BUILTIN_CORPUS = "pydoc"
 
@@ -61,7 +62,8 @@ def load_corpus(source: str | None = None, field: str = "text", stdin=None) -> C
     field : str
         For JSONL, the key holding each document's text.
     """
-    source = source or BUILTIN_CORPUS
+    source = check_str("text", source, none_ok=True) or BUILTIN_CORPUS
+    check_str("text_field", field)
     if source == BUILTIN_CORPUS:
         return Corpus("pydoctopics", source, builtin_text())
     if source == "-":
@@ -70,16 +72,27 @@ def load_corpus(source: str | None = None, field: str = "text", stdin=None) -> C
     else:
         path = Path(source).expanduser()
         if not path.is_file():
-            raise UserError(f"text file {source} does not exist (use '-' for stdin or 'pydoc' for the built-in corpus)")
-        try:
-            raw = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise UserError(f"text file {source} is not UTF-8 text") from None
+            raise Llm2niftiError(f"`text` {source} does not exist (give a file, '-' for stdin or 'pydoc' for the "
+                                 "built-in corpus)")
+        raw = _read_text(path)
         text = _jsonl_text(raw, field, source) if path.suffix.lower() in (".jsonl", ".ndjson") else raw
         name = re.sub(r"[^A-Za-z0-9]", "", path.stem) or "text"
     if not text.strip():
-        raise UserError(f"text from {source} is empty")
+        raise Llm2niftiError(f"`text` {source} is empty")
     return Corpus(name, source, text)
+
+
+def _read_text(path: Path) -> str:
+    """UTF-8 text of a file; binary or otherwise encoded files are refused, naming the first bad byte."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DamagedFileError(f"{path} is not UTF-8 text (byte {err.start}: {raw[err.start]:#04x}); convert it "
+                               "to UTF-8") from None
+    if "\x00" in text:
+        raise DamagedFileError(f"{path} is not text (it holds NUL bytes)")
+    return text
 
 
 def _jsonl_text(raw: str, field: str, source: str) -> str:
@@ -90,10 +103,13 @@ def _jsonl_text(raw: str, field: str, source: str) -> str:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise UserError(f"{source}:{lineno}: not valid JSON ({err.msg})") from None
+            raise DamagedFileError(f"{source}:{lineno}: not valid JSON ({err.msg})") from None
         if not isinstance(record, dict) or field not in record:
-            raise UserError(f"{source}:{lineno}: no field {field!r} (choose one with --text-field)")
-        docs.append(str(record[field]))
+            raise DamagedFileError(f"{source}:{lineno}: no field {field!r} (choose another `text_field`)")
+        if not isinstance(record[field], str):
+            kind = "null" if record[field] is None else type(record[field]).__name__
+            raise DamagedFileError(f"{source}:{lineno}: field {field!r} is {kind}, not text")
+        docs.append(record[field])
     return "\n\n".join(docs)
 
 
@@ -126,15 +142,14 @@ def bos_token_id(tokenizer) -> int | None:
 
 def cut_runs(ids: np.ndarray, run_tokens: int, max_runs: int | None = None) -> np.ndarray:
     """Cut a token stream into ``(n_runs, run_tokens)``; leftover tokens are dropped."""
-    if run_tokens < 1:
-        raise UserError("--run-tokens must be at least 1")
+    check_int("run_tokens", run_tokens, min_value=1)
     n_runs = len(ids) // run_tokens
     if max_runs is not None:
         n_runs = min(n_runs, max_runs)
     if n_runs == 0:
-        raise UserError(
+        raise ParameterError(
             f"the text has {len(ids)} tokens, fewer than one run of {run_tokens}; "
-            "give more text or a smaller --run-tokens"
+            "give more text or a smaller `run_tokens`"
         )
     return ids[: n_runs * run_tokens].reshape(n_runs, run_tokens)
 

@@ -113,7 +113,7 @@ def tiny_llama_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
     """A 4-run export of a tiny Llama at ``mlp.hidden`` (for ICA, recurrence and import tests)."""
-    from llm2nifti.export import export
+    from llm2nifti import export
 
     text = tmp_path_factory.mktemp("text") / "text.txt"
     text.write_text("Sphinx of black quartz, judge my vow. How vexingly quick daft zebras jump! " * 16)

@@ -71,7 +71,7 @@ def test_no_mlp_found_shows_where_it_looked(tmp_path, tiny_llama_dir, text_file)
     weird = make_tiny("llama")
     weird.model.model.layers = torch.nn.Sequential()  # a stack llm2nifti cannot know
     with pytest.raises(Exception, match=r"no block stack found in LlamaForCausalLM: looked for a ModuleList at "
-                                        r"model\.layers, .*transformer\.h.*--blocks"):
+                                        r"model\.layers, .*transformer\.h.*`blocks`"):
         export(tmp_path / "p", weird, str(text_file), progress=False)
 
 
@@ -85,14 +85,14 @@ def test_empty_and_too_short_text(tmp_path, tiny_llama_dir):
     empty = tmp_path / "empty.txt"
     empty.write_text(" \n\n ")
     code, out = run_cli("--model", tiny_llama_dir, "--text", empty, "--out", tmp_path / "o", "--quiet")
-    assert_one_line_error(code, out, r"text from .*empty.txt is empty")
+    assert_one_line_error(code, out, r"--text .*empty.txt is empty")
     short = tmp_path / "short.txt"
     short.write_text("too short")
     code, out = run_cli("--model", tiny_llama_dir, "--text", short, "--run-tokens", "64", "--out", tmp_path / "o",
                         "--quiet")
     assert_one_line_error(code, out, r"the text has 9 tokens, fewer than one run of 64")
     code, out = run_cli("--model", tiny_llama_dir, "--text", "-", "--out", tmp_path / "o", "--quiet", input="")
-    assert_one_line_error(code, out, r"text from - is empty")
+    assert_one_line_error(code, out, r"--text - is empty")
     code, out = run_cli("--model", tiny_llama_dir, "--text", tmp_path / "nope.txt", "--out", tmp_path / "o")
     assert_one_line_error(code, out, r"nope.txt does not exist")
     assert not (tmp_path / "o").exists()
@@ -104,15 +104,14 @@ def test_existing_output_directory_is_refused(tmp_path, tiny_llama_dir, text_fil
     assert run_cli(*args)[0] == 0
     before = sorted(p.name for p in out_dir.rglob("*"))
     code, out = run_cli(*args)
-    assert_one_line_error(code, out, r"output directory .* already exists; use --resume to finish it or "
-                                     r"--overwrite to replace it")
+    assert_one_line_error(code, out, r"already holds files; pass --overwrite to replace the export")
     assert sorted(p.name for p in out_dir.rglob("*")) == before
     assert run_cli(*args, "--overwrite")[0] == 0
     stranger = tmp_path / "photos"
     stranger.mkdir()
     (stranger / "cat.jpg").write_text("meow")
     code, out = run_cli("--model", tiny_llama_dir, "--text", text_file, "--out", stranger, "--overwrite")
-    assert_one_line_error(code, out, r"refusing to overwrite .*photos: it is not empty and not an llm2nifti export")
+    assert_one_line_error(code, out, r"refusing to overwrite .*photos: it is not an llm2nifti export")
     assert (stranger / "cat.jpg").exists()
     code, out = run_cli("--model", tiny_llama_dir, "--text", text_file, "--out", tmp_path / "new", "--resume")
     assert_one_line_error(code, out, r"nothing to resume")
@@ -159,23 +158,27 @@ def test_killed_export_leaves_nothing_complete_looking_and_resume_finishes(tmp_p
     out_dir = tmp_path / "o"
     args = _cli_executable() + ["export", "--model", str(tiny_llama_dir), "--run-tokens", "16", "--max-runs", "200",
                                 "--batch-size", "1", "--out", str(out_dir), "--quiet"]
+    staging = tmp_path / ".o.partial"  # an export is built beside its target and moved in when complete
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while len(list(out_dir.rglob("*_bold.nii.gz"))) < 5 and time.monotonic() < deadline and proc.poll() is None:
+    while len(list(staging.rglob("*_bold.nii.gz"))) < 5 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the export finished before it could be killed: make it longer"
 
-    record = json.loads((out_dir / "export.json").read_text())
+    assert not out_dir.exists()  # nothing under the final name
+    record = json.loads((staging / "export.json").read_text())
     assert record["Status"] == "incomplete"
-    assert not (out_dir / "dataset_description.json").exists()  # not a finished BIDS dataset
-    runs = sorted(out_dir.rglob("*_bold.nii.gz"))
+    assert not (staging / "dataset_description.json").exists()  # not a finished BIDS dataset
+    runs = sorted(staging.rglob("*_bold.nii.gz"))
     assert 5 <= len(runs) < 200
     for path in runs:  # every file under a final name is complete
         assert nib.load(path).get_fdata().shape[3] == 16
-    for path in out_dir.rglob("*.json"):
+    for path in staging.rglob("*.json"):
         json.loads(path.read_text())
+    rerun = subprocess.run(args, capture_output=True, text=True)  # a plain rerun neither loses nor overwrites it
+    assert rerun.returncode == 1 and "resume" in rerun.stderr and staging.is_dir()
 
     result = subprocess.run(_cli_executable() + ["export", "--model", str(tiny_llama_dir), "--run-tokens", "16",
                             "--max-runs", "200", "--out", str(out_dir), "--quiet", "--resume"],
@@ -183,7 +186,7 @@ def test_killed_export_leaves_nothing_complete_looking_and_resume_finishes(tmp_p
     assert result.returncode == 0, result.stderr
     assert f"({len(runs)} resumed)" in result.stdout or "resumed" in result.stdout
     assert len(list(out_dir.rglob("*_bold.nii.gz"))) == 200
-    assert not list(out_dir.rglob(".*.part"))
+    assert not list(out_dir.rglob(".*.part")) and not staging.exists()
     assert json.loads((out_dir / "export.json").read_text())["Status"] == "complete"
     # resumed and fresh runs hold what a clean export holds
     clean = export(tmp_path / "clean", make_tiny("llama"), None, run_tokens=16, max_runs=200, progress=False)
@@ -196,12 +199,31 @@ def test_killed_export_leaves_nothing_complete_looking_and_resume_finishes(tmp_p
                                atol=1e-6)
 
 
-def test_resume_refuses_other_settings(tmp_path, tiny_llama_dir, text_file):
+def test_resume_refuses_other_settings(tmp_path, tiny_llama_dir, text_file, monkeypatch):
+    from llm2nifti import transaction
+
     args = ["--model", tiny_llama_dir, "--text", text_file, "--run-tokens", "32", "--out", tmp_path / "o", "--quiet"]
     assert run_cli(*args)[0] == 0
-    code, out = run_cli(*args, "--resume", "--site", "mlp.hidden")
-    assert_one_line_error(code, out, r"cannot resume: the existing export used other settings \(Site: 'mlp.out' "
-                                     r"then, 'mlp.hidden' now\)")
+    code, out = run_cli(*args, "--resume")
+    assert_one_line_error(code, out, r"nothing to resume in .*: the export there is complete")
+
+    renamed = []
+
+    def kill_at_second_run(kind, path):  # run 1 is complete: something worth resuming
+        if kind == "rename" and path.name.endswith("_bold.nii.gz"):
+            renamed.append(path)
+            if len(renamed) == 2:
+                raise transaction.SimulatedKill
+
+    monkeypatch.setattr(transaction, "fault_hook", kill_at_second_run)
+    with pytest.raises(transaction.SimulatedKill):
+        export(tmp_path / "k", make_tiny("llama"), str(text_file), run_tokens=32, max_runs=2, progress=False)
+    monkeypatch.setattr(transaction, "fault_hook", None)
+    args = [a if a != tmp_path / "o" else tmp_path / "k" for a in args]
+    code, out = run_cli(*args, "--max-runs", "2", "--resume", "--site", "mlp.hidden")
+    assert_one_line_error(code, out, r"cannot resume: the interrupted export used other settings \(.*Site: "
+                                     r"'mlp.out' then, 'mlp.hidden' now")
+    assert (tmp_path / ".k.partial").is_dir()  # a refused resume keeps what it would have resumed
 
 
 def test_bids_validator_reports_no_errors(tmp_path, tiny_llama):

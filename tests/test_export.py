@@ -63,7 +63,7 @@ def test_voxels_equal_independent_hooks(arch, site, tmp_path):
     rows = read_table(result.paths.neurons_tsv)
     ijk = np.array([[int(r["i"]), int(r["j"]), int(r["k"])] for r in rows])
     layer_neuron = np.array([[int(r["layer"]), int(r["neuron"])] for r in rows])
-    bos = loaded.tokenizer.bos_token_id if result.record["PrependedBOS"] else None
+    bos = loaded.tokenizer.bos_token_id if result.record.text.prepended_bos else None
     for run in (1, 2):
         events = read_table(result.paths.events(run))
         ids = [int(e["token_id"]) for e in events]
@@ -152,12 +152,12 @@ def test_int16_storage_uses_scaling_and_stays_close(tmp_path, tiny_llama):
 
 
 def test_nifti2_and_the_nifti1_volume_limit(tmp_path, tiny_llama, monkeypatch):
-    import llm2nifti.nifti as nifti
+    import llm2nifti.formats.nifti as nifti
 
     monkeypatch.setattr(nifti, "NIFTI1_MAX_DIM", 10)
-    with pytest.raises(UserError, match="NIfTI-1's limit of 10 volumes.*--nifti2"):
+    with pytest.raises(UserError, match="NIfTI-1's limit of 10 volumes.*`nifti2`"):
         export(tmp_path / "a", tiny_llama, None, run_tokens=16, max_runs=1, progress=False)
-    assert not (tmp_path / "a").exists()  # refused before writing anything
+    assert not (tmp_path / "a").exists() and not list(tmp_path.glob(".a*"))  # refused before writing anything
     result = export(tmp_path / "b", tiny_llama, None, run_tokens=16, max_runs=1, nifti2=True, progress=False)
     assert isinstance(nib.load(result.paths.bold(1)), nib.Nifti2Image)
 

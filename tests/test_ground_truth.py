@@ -6,7 +6,7 @@ neurons each (8 per layer), and whose other neurons carry dense, token-driven
 background activity with scales spread over orders of magnitude. It is
 exported with :func:`llm2nifti.export`, decomposed by
 :class:`nilearn.decomposition.CanICA` exactly as on fMRI (the export's mask,
-default smoothing), imported with :func:`llm2nifti.importer.import_components`
+default smoothing), imported with :func:`llm2nifti.import_components`
 (z > 2), and every planted network must be matched by a component with an IoU
 of at least 0.9.
 
@@ -45,8 +45,8 @@ import pytest
 import torch
 from conftest import byte_tokenizer
 
-from llm2nifti.export import export
-from llm2nifti.importer import import_components
+from llm2nifti import export, import_components
+from llm2nifti.formats.selection import read_mask
 from llm2nifti.models import LoadedModel, config_sha256
 from llm2nifti.text import builtin_text
 
@@ -194,7 +194,7 @@ def test_plain_nilearn_canica_recovers_planted_networks(planted):
     result, truth, _, _ = planted
     ica = _canica(result)  # smoothing_fwhm=6 (nilearn's default): the identity at 24 mm voxels
     assert ica.smoothing_fwhm == 6
-    mask = import_components(ica.components_img_, export_dir=result.out_dir)
+    mask = import_components(ica.components_img_, export=result.out_dir).mask
     matches = best_matches(truth, mask)
     assert min(score for _, score in matches.values()) >= IOU_MIN, matches
     assert len({name for name, _ in matches.values()}) == K  # one distinct component per network
@@ -205,7 +205,6 @@ def test_llm2nifti_ica_defaults_recover_planted_networks(planted, tmp_path):
     from click.testing import CliRunner
 
     from llm2nifti.cli import main
-    from llm2nifti.neuronmask import NeuronMask
 
     result, truth, _, _ = planted
     runner = CliRunner()
@@ -216,7 +215,7 @@ def test_llm2nifti_ica_defaults_recover_planted_networks(planted, tmp_path):
     run = runner.invoke(main, ["import", str(ica_out / "components.nii.gz"), "--export", str(result.out_dir),
                                "--out", str(import_out)])
     assert run.exit_code == 0, run.output
-    mask = NeuronMask.load(import_out)
+    mask = read_mask(import_out)
     matches = best_matches(truth, mask)
     assert min(score for _, score in matches.values()) >= IOU_MIN, matches
 
@@ -225,6 +224,6 @@ def test_networks_are_lost_without_standardization(planted):
     """The finding behind ``--standardize zscore_sample``: unscaled, the massive neurons take the components."""
     result, truth, _, _ = planted
     ica = _canica(result, standardize=None)
-    mask = import_components(ica.components_img_, export_dir=result.out_dir)
+    mask = import_components(ica.components_img_, export=result.out_dir).mask
     matches = best_matches(truth, mask)
     assert max(score for _, score in matches.values()) < 0.5, matches

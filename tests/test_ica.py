@@ -15,10 +15,13 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_tiny
 
+from llm2nifti import import_components, make_template, run_ica
 from llm2nifti.cli import main
-from llm2nifti.errors import UserError
-from llm2nifti.ica import DEFAULTS, NeuronICA, load_runs, parse_runs, run_ica, to_neuron_order, zscore_maps
-from llm2nifti.importer import import_components
+from llm2nifti.errors import DamagedFileError, IncompleteOutputError, Llm2niftiError, ParameterError
+from llm2nifti.formats.export import open_export
+from llm2nifti.formats.ica import ICA_RECORD, open_ica
+from llm2nifti.formats.selection import SELECTION_TSV
+from llm2nifti.ica import DEFAULTS, NeuronICA, open_runs, to_neuron_order, zscore_maps
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,7 @@ def fitted(tiny_export, tmp_path_factory):
 
 def test_outputs_are_on_the_export_grid(fitted, tiny_export):
     result, out = fitted
-    mask = nib.load(load_runs(tiny_export).reference.mask_path)
+    mask = nib.load(open_export(tiny_export).paths.mask)
     for name in ("components.nii.gz", "components_z.nii.gz"):
         img = nib.load(out / name)
         assert img.shape == mask.shape + (3,)
@@ -98,7 +101,7 @@ def test_figures_written(fitted):
 
 def test_import_accepts_the_maps(fitted, tiny_export):
     _, out = fitted
-    mask = import_components(out / "components_z.nii.gz", export_dir=tiny_export, sign="absolute")
+    mask = import_components(out / "components_z.nii.gz", export=tiny_export, sign="absolute").mask
     assert mask.components and all(mask.size(c) > 0 for c in mask.components)
 
 
@@ -107,7 +110,7 @@ def test_dictlearning_and_run_selection(tiny_export):
     ica = result.ica
     assert type(ica.estimator_).__name__ == "DictLearning"
     assert ica.estimator_.smoothing_fwhm is None
-    assert ica.runs_.runs == [1, 2] and len(ica.timecourses_) == 2
+    assert ica.export_.runs == [1, 2] and len(ica.timecourses_) == 2
     assert ica.components_.shape == (2, ica.layout_.n_total)
 
 
@@ -121,32 +124,139 @@ def test_estimator_is_unchanged_nilearn():
     assert type(NeuronICA("dictlearning").make_estimator("m.nii.gz")) is DictLearning
 
 
-def test_parse_runs():
-    assert parse_runs("1,3,5-7") == [1, 3, 5, 6, 7]
-    assert parse_runs(None) is None
-    with pytest.raises(UserError):
-        parse_runs("a-b")
+def test_run_selection(tiny_export):
+    assert open_runs(tiny_export, "1,3-4").runs == [1, 3, 4]
+    assert open_runs(tiny_export, [2, 1]).runs == [2, 1]
+    assert open_runs(tiny_export).runs == [1, 2, 3, 4]
+    for bad in ("a-b", [1.0], [True]):
+        with pytest.raises(ParameterError, match="`runs`"):
+            open_runs(tiny_export, bad)
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(n_components=0), "at least 1"),
-    (dict(n_components=10_000), "exceeds"),
-    (dict(runs=[9]), "run 9 is not in the export"),
-    (dict(method="pca"), "unknown method"),
-    (dict(standardize="robust"), "unknown standardize"),
-    (dict(threshold="high"), "threshold must be"),
+    (dict(n_components=0), "`n_components` must be at least 1"),
+    (dict(n_components=2.0), "`n_components` must be an integer"),
+    (dict(n_components=True), "`n_components` must be an integer"),
+    (dict(n_components=10_000), "`n_components` 10000 exceeds the 72 neurons of the export"),
+    (dict(n_components=70, runs=[1]), "`n_components` 70 exceeds the 64 tokens of the runs used"),
+    (dict(method="pca"), "`method` must be one of canica, dictlearning"),
+    (dict(standardize="robust"), "`standardize` must be one of"),
+    (dict(threshold="high"), "`threshold` must be None, 'auto' or a number"),
+    (dict(threshold=float("nan")), "`threshold` must be a finite number"),
+    (dict(threshold=3.0), "`threshold` must be at most 2"),
+    (dict(threshold=0), "`threshold` must be greater than 0"),
+    (dict(n_init=0), "`n_init` must be at least 1"),
+    (dict(alpha=-1.0), "`alpha` must be at least 0"),
+    (dict(alpha=float("inf")), "`alpha` must be a finite number"),
+    (dict(smoothing_fwhm=-1), "`smoothing_fwhm` must be at least 0"),
+    (dict(smoothing_fwhm=float("nan")), "`smoothing_fwhm` must be a finite number"),
+    (dict(random_state=-1), "`random_state` must be at least 0"),
+    (dict(random_state=2**32), "`random_state` must be at most"),
+    (dict(random_state=1.5), "`random_state` must be an integer"),
+    (dict(n_jobs=0), "`n_jobs` must not be 0"),
+    (dict(detrend="yes"), "`detrend` must be True or False"),
+    (dict(verbose=-1), "`verbose` must be at least 0"),
+    (dict(score=1), "`score` must be True or False"),
+    (dict(figures=None), "`figures` must be True or False"),
 ])
-def test_user_errors(tiny_export, kwargs, message):
-    with pytest.raises(UserError, match=message):
-        run_ica(tiny_export, **{"n_components": 2, **kwargs})
+def test_parameter_errors(tiny_export, tmp_path, kwargs, message):
+    with pytest.raises(ParameterError, match=message):
+        run_ica(tiny_export, tmp_path / "out", **{"n_components": 2, **kwargs})
+    assert not list(tmp_path.iterdir())  # nothing written, not even a staging directory or a lock
+
+
+def test_estimator_checks_its_parameters_when_made():
+    with pytest.raises(ParameterError, match="`n_jobs`"):
+        NeuronICA(n_jobs=0)
+    ica = NeuronICA(n_components=2)
+    ica.n_init = 0
+    with pytest.raises(ParameterError, match="`n_init`"):
+        ica.make_estimator("mask.nii.gz")
+
+
+def test_missing_run(tiny_export):
+    with pytest.raises(Llm2niftiError, match="run 9 is not in the export"):
+        run_ica(tiny_export, n_components=2, runs=[9])
 
 
 def test_template_is_refused(tmp_path):
-    from llm2nifti.templates import make_template
-
-    template = make_template(make_tiny("llama"), "mlp.out", tmp_path / "tpl", tokens=16)
-    with pytest.raises(UserError, match="holds no runs"):
+    template = make_template(make_tiny("llama"), "mlp.out", tmp_path / "tpl", tokens=16, progress=False)
+    with pytest.raises(Llm2niftiError, match="`export_dir` .* is a template, which holds no runs"):
         run_ica(template.out_dir, n_components=2)
+
+
+def test_open_ica_reads_back_what_was_written(fitted, tiny_export):
+    result, out = fitted
+    read = open_ica(out)
+    np.testing.assert_allclose(read.components, result.ica.components_, rtol=1e-6)
+    np.testing.assert_allclose(read.components_z, result.ica.components_z_, rtol=1e-6)
+    assert read.names == ["C0", "C1", "C2"]
+    assert read.layout == result.ica.layout_
+    assert read.provenance == open_export(tiny_export).record.provenance
+    assert read.record["RecordType"] == "ica" and read.record["NumComponents"] == 3
+
+
+def test_open_ica_refuses_incomplete_and_damaged(fitted, tmp_path):
+    _, out = fitted
+    partial = tmp_path / "partial"
+    shutil.copytree(out, partial)
+    (partial / ICA_RECORD).unlink()
+    with pytest.raises(IncompleteOutputError, match="unfinished ICA output"):
+        open_ica(partial)
+    with pytest.raises(Llm2niftiError, match="not an llm2nifti ICA output"):
+        open_ica(tmp_path)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    (damaged / "components_z.nii.gz").write_bytes((out / "components_z.nii.gz").read_bytes()[:200])
+    with pytest.raises(DamagedFileError):
+        open_ica(damaged)
+    record = json.loads((out / ICA_RECORD).read_text())
+    (damaged / ICA_RECORD).write_text(json.dumps({**record, "NumComponents": 5}))
+    with pytest.raises(DamagedFileError, match="records 5 components"):
+        open_ica(damaged)
+
+
+def test_record_is_written_last_after_figures(tiny_export, tmp_path, monkeypatch):
+    from llm2nifti import transaction
+
+    created = []
+    monkeypatch.setattr(transaction, "fault_hook", lambda kind, path: created.append(path.name) if kind == "rename"
+                        else None)
+    run_ica(tiny_export, tmp_path / "ica", n_components=2, n_init=1, progress=False)
+    files = [name for name in created if "." in name and not name.startswith(".")]
+    assert files[-1] == ICA_RECORD and files.count(ICA_RECORD) == 1
+    assert any(name.endswith("_stat_map.png") for name in files[:-1])
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no staging directory or lock left
+
+
+def test_failed_overwrite_keeps_the_old_output(fitted, tiny_export, tmp_path, monkeypatch):
+    import llm2nifti.figures
+
+    _, out = fitted
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    before = {p.relative_to(old): p.read_bytes() for p in old.rglob("*") if p.is_file()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(llm2nifti.figures, "write_ica_figures", broken)
+    with pytest.raises(RuntimeError, match="figure failed"):
+        run_ica(tiny_export, old, n_components=2, n_init=1, overwrite=True, progress=False)
+    assert {p.relative_to(old): p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
+
+
+def test_result_writes_later(tiny_export, tmp_path):
+    result = run_ica(tiny_export, n_components=2, n_init=1, figures=False, progress=False)
+    assert result.out_dir is None and not list(tmp_path.iterdir())
+    written = result.write(tmp_path / "later")
+    assert written == result.out_dir == (tmp_path / "later").absolute()
+    assert (written / ICA_RECORD).is_file() and not (written / "figures").exists()
+    assert str(written) in result.summary()
+    with pytest.raises(Llm2niftiError, match="`overwrite`"):
+        result.write(tmp_path / "later")
+    assert result.write(tmp_path / "later", overwrite=True) == written
 
 
 def test_cli(tiny_export, tmp_path):
@@ -224,7 +334,7 @@ def test_nilearn_example(tiny_llama_dir, tmp_path):
                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, env=_env(tmp_path))
     assert run.returncode == 0, run.stderr
     assert "CanICA: 2 components from 3 runs" in run.stdout
-    assert (tmp_path / "networks" / "neurons.tsv").is_file()
+    assert (tmp_path / "networks" / SELECTION_TSV).is_file()
     assert (tmp_path / "canica_components.png").is_file()
 
 
@@ -242,7 +352,7 @@ def test_pipeline_example(tmp_path):
     run = subprocess.run(["bash", str(EXAMPLES / "pipeline.sh"), str(tmp_path / "out")], capture_output=True,
                          text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stdout + run.stderr
-    for path in ("ica/components.nii.gz", "networks/neurons.tsv", "mask-eval/mask-eval.csv",
+    for path in ("ica/components.nii.gz", f"networks/{SELECTION_TSV}", "mask-eval/mask-eval.csv",
                  "recurrence/recurrence.tsv"):
         assert (tmp_path / "out" / path).is_file(), path
 
@@ -284,5 +394,5 @@ nib.save(nib.Nifti1Image(data, mask.affine), out / "melodic_IC.nii.gz")
     for expected in ("-a concat", "--nobet", "--tr=1.0", "-d 2", "_desc-brain_mask.nii.gz", "runs.txt"):
         assert expected in args, args
     assert len((out / "runs.txt").read_text().split()) == 4
-    rows = (out / "networks" / "neurons.tsv").read_text().splitlines()
+    rows = (out / "networks" / SELECTION_TSV).read_text().splitlines()
     assert len(rows) == 1 + 10

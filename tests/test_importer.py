@@ -11,13 +11,15 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_tiny
 
+from llm2nifti import export
 from llm2nifti.cli import main
 from llm2nifti.errors import UserError
-from llm2nifti.export import export
-from llm2nifti.importer import EmptyComponentWarning, import_components, load_reference
-from llm2nifti.layout import read_neurons_tsv
+from llm2nifti.formats.neuron_map import read_neuron_map as read_neurons_tsv
+from llm2nifti.formats.reference import open_reference as load_reference
 from llm2nifti.neuronmask import NeuronMask
 from llm2nifti.sites import SITES
+from llm2nifti.workflows.importing import EmptyComponentWarning
+from llm2nifti.workflows.importing import import_components as import_result
 
 LAYOUT_SITES = [(layout, site) for layout in ("grid", "brain") for site in SITES]
 
@@ -73,13 +75,17 @@ def random_sets(n_layers, n_neurons, n_components=3, size=4, seed=0):
     return sets
 
 
+def import_components(*args, **kwargs) -> NeuronMask:
+    return import_result(*args, **kwargs).mask
+
+
 @pytest.mark.parametrize("layout,site", LAYOUT_SITES)
 def test_round_trip_every_layout_and_site(exports, layout, site):
     out = exports(layout, site)
     record = json.loads((out / "export.json").read_text())
     sets = random_sets(record["NumLayers"], record["NeuronsPerLayer"], seed=len(layout) + len(site))
     img = component_image(out, [{p: 10.0 for p in s} for s in sets], noise=0.1)
-    mask = import_components(img, export_dir=out, threshold=2.0, sign="positive", zscore=True)
+    mask = import_components(img, export=out, threshold=2.0, sign="positive", zscore=True)
     assert mask.components == ["C0", "C1", "C2"]
     for c, expected in enumerate(sets):
         assert mask.neurons(f"C{c}") == expected
@@ -114,10 +120,10 @@ def test_three_d_map_file_and_outputs(exports, tmp_path):
     path = tmp_path / "thresh_zstat1.nii.gz"
     nib.save(nib.Nifti1Image(img.get_fdata()[..., 0], img.affine), path)
     dest = tmp_path / "imported"
-    mask = import_components(path, export_dir=out, zscore=False, threshold=2.3, out=dest)
+    mask = import_components(path, export=out, zscore=False, threshold=2.3, out=dest)
     assert mask.neurons("C0") == set(want)
-    assert sorted(p.name for p in dest.iterdir()) == ["counts.tsv", "import.json", "mask.npz", "neurons.tsv"]
-    lines = (dest / "neurons.tsv").read_text().splitlines()
+    assert sorted(p.name for p in dest.iterdir()) == ["counts.tsv", "import.json", "mask.npz", "selection.tsv"]
+    lines = (dest / "selection.tsv").read_text().splitlines()
     assert lines == ["component\tlayer\tneuron\tweight", "C0\t0\t1\t5", "C0\t2\t15\t6"]
     counts = (dest / "counts.tsv").read_text().splitlines()
     assert counts[0] == "layer\tC0\tunion" and counts[1] == "0\t1\t1" and counts[-1] == "total\t2\t2"
@@ -128,10 +134,10 @@ def test_three_d_map_file_and_outputs(exports, tmp_path):
     for key in ("ModelID", "ModelConfigSHA256", "Site", "NumLayers", "NeuronsPerLayer", "TokenRange"):
         assert record[key] == export_record[key]
     assert NeuronMask.load(dest) == mask
-    assert NeuronMask.load(dest / "neurons.tsv") == mask
-    with pytest.raises(UserError, match="not empty; use --overwrite"):
-        import_components(path, export_dir=out, zscore=False, threshold=2.3, out=dest)
-    import_components(path, export_dir=out, zscore=False, threshold=2.3, out=dest, overwrite=True)
+    assert NeuronMask.load(dest / "selection.tsv") == mask
+    with pytest.raises(UserError, match="already holds files; pass `overwrite`"):
+        import_components(path, export=out, zscore=False, threshold=2.3, out=dest)
+    import_components(path, export=out, zscore=False, threshold=2.3, out=dest, overwrite=True)
 
 
 def test_zscore_is_over_in_mask_voxels(exports):
@@ -153,9 +159,9 @@ def test_top_k_and_top_percent(exports):
     img = component_image(out, [values])
     assert import_components(img, out, top_k=3).neurons(0) == {(0, 13), (0, 14), (0, 15)}
     assert import_components(img, out, top_percent=5).size(0) == 3  # ceil(0.05 * 48)
-    with pytest.raises(UserError, match="one of --top-k and --top-percent"):
+    with pytest.raises(UserError, match="one of `top_k` and `top_percent`"):
         import_components(img, out, top_k=3, top_percent=5)
-    with pytest.raises(UserError, match="--top-percent must be in"):
+    with pytest.raises(UserError, match="`top_percent` must be greater than 0"):
         import_components(img, out, top_percent=0)
 
 
@@ -167,14 +173,16 @@ def test_template_directory(exports, tmp_path):
     mask_path = next(out.rglob("*_desc-brain_mask.nii.gz"))
     shutil.copy(mask_path, template / "tpl-tinyllama_desc-brain_mask.nii.gz")
     record = json.loads((out / "export.json").read_text())
-    keys = ("ModelID", "ModelConfigSHA256", "Site", "Layout", "NumLayers", "NeuronsPerLayer")
-    (template / "template.json").write_text(json.dumps({k: record[k] for k in keys}))
+    keys = ("ModelID", "ModelConfigSHA256", "Site", "HookPoint", "Layout", "VoxelSizeMM", "NumLayers",
+            "NeuronsPerLayer")
+    shape = list(nib.load(mask_path).shape)
+    (template / "template.json").write_text(json.dumps({**{k: record[k] for k in keys}, "Shape": shape}))
     assert load_reference(template).kind == "template"
     img = component_image(out, [{(2, 3): 9.0, (0, 0): 9.0}], noise=0.1)
     mask = import_components(img, template=template)
     assert mask.neurons(0) == {(2, 3), (0, 0)} and mask.provenance["ReferenceKind"] == "template"
-    with pytest.raises(UserError, match="exactly one of --export DIR and --template DIR"):
-        import_components(img, export_dir=out, template=template)
+    with pytest.raises(UserError, match="exactly one of `export` and `template`"):
+        import_components(img, export=out, template=template)
 
 
 def test_resampled_image_is_refused(exports):
@@ -206,9 +214,9 @@ def test_empty_selections(exports):
     assert mask.components == ["C0", "C2"]
     with pytest.raises(UserError, match="no component selects any neuron .*threshold 50"):
         import_components(img, out, threshold=50)
-    with pytest.raises(UserError, match="selection is empty"):
+    with pytest.raises(UserError, match="`components` selects nothing"):
         import_components(img, out, components="")
-    with pytest.raises(UserError, match="component 7 does not exist: the image has 3 volume"):
+    with pytest.raises(UserError, match="component 7 does not exist; the image has 3 volume"):
         import_components(img, out, components="0,7")
     assert import_components(img, out, components="2").components == ["C2"]
     with pytest.raises(UserError, match="not an llm2nifti export or template"):
@@ -225,7 +233,7 @@ def test_cli(exports, tmp_path):
     assert result.exit_code == 0, result.output
     assert "Warning: component C1 selects no neuron" in result.output
     assert "1 component(s), 2 distinct neurons" in result.output
-    assert (tmp_path / "imp" / "neurons.tsv").is_file()
+    assert (tmp_path / "imp" / "selection.tsv").is_file()
 
     wrong = nib.Nifti1Image(np.zeros((5, 5, 5, 1), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
     nib.save(wrong, tmp_path / "mni.nii.gz")

@@ -56,7 +56,7 @@ def test_default_cli_export_on_the_bundled_model(tmp_path, smollm2):
     record = json.loads((out_dir / "export.json").read_text())
     assert record["ModelID"] == "smollm2-135m" and record["NumLayers"] == 30 and record["NeuronsPerLayer"] == 576
     assert record["ModelFileSHA256"] and record["ModelConfigSHA256"] and record["Status"] == "complete"
-    from llm2nifti.bids import DatasetPaths
+    from llm2nifti.formats.export import DatasetPaths
 
     paths = DatasetPaths(out_dir, "smollm2135m", "pydoctopics")
     for run in (1, 8):

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from llm2nifti.errors import UserError
-from llm2nifti.layout import LAYOUTS, NeuronLayout, read_neurons_tsv, smoothing_leak
+from llm2nifti.formats.neuron_map import layout_from_neuron_map, write_neuron_map
+from llm2nifti.formats.neuron_map import read_neuron_map as read_neurons_tsv
+from llm2nifti.layout import LAYOUTS, NeuronLayout, smoothing_leak
 
 AWKWARD = [(1, 1), (1, 2), (3, 1), (2, 7), (5, 13), (7, 97), (30, 576), (18, 2048), (4, 65537), (1, 1_000_003)]
 
@@ -55,19 +57,19 @@ def test_out_of_range_neurons_and_voxels_are_errors():
         layout.to_neuron(2, 1, 0)  # a 3x2 grid holds 5 neurons: (2, 1) is the free voxel
     with pytest.raises(UserError, match="outside the image"):
         layout.to_neuron(2, 2, 0)
-    with pytest.raises(UserError, match="unknown layout"):
+    with pytest.raises(UserError, match="`kind` must be one of grid, brain"):
         NeuronLayout(2, 5, "cortex")
 
 
 @pytest.mark.parametrize("kind", LAYOUTS)
 def test_neurons_tsv_follows_numpy_mask_order_and_round_trips(kind, tmp_path):
     layout = NeuronLayout(3, 11, kind)
-    layout.write_tsv(tmp_path / "neurons.tsv")
+    write_neuron_map(layout, tmp_path / "neurons.tsv")
     table = read_neurons_tsv(tmp_path / "neurons.tsv")
     ijk = np.stack([table["i"], table["j"], table["k"]], axis=1)
     np.testing.assert_array_equal(ijk, np.argwhere(layout.mask_array()))  # C order of (i, j, k)
     assert table["label"][0] == f"L{table['layer'][0]}N{table['neuron'][0]}"
-    assert NeuronLayout.from_tsv(tmp_path / "neurons.tsv") == layout
+    assert layout_from_neuron_map(tmp_path / "neurons.tsv") == layout
 
 
 def test_affine_is_isotropic_and_centred():
@@ -88,7 +90,7 @@ def test_nilearn_default_smoothing_cannot_blur_neighbouring_neurons():
 def test_nilearn_smoothing_really_is_the_identity_on_a_layout():
     from nilearn.image import smooth_img
 
-    from llm2nifti.nifti import volume_image
+    from llm2nifti.formats.nifti import volume_image
 
     layout = NeuronLayout(5, 37, "brain")
     values = np.random.default_rng(0).standard_normal(layout.n_total).astype(np.float32)

@@ -180,7 +180,7 @@ def test_refuses_other_models_sites_and_modes():
     loaded = tiny("llama")
     other = tiny("qwen2")
     mask = NeuronMask({"C0": [(0, 3)]}, 2, 16, {**other.provenance, "Site": "mlp.out"})
-    with pytest.raises(UserError, match="made for model tiny-qwen2 .*not tiny-llama"):
+    with pytest.raises(UserError, match="made with model tiny-qwen2 .*not tiny-llama"):
         with apply_mask(loaded, mask):
             pass
     mask = NeuronMask({"C0": [(0, 3)]}, 3, 16, {**loaded.provenance, "Site": "mlp.out"})

@@ -9,6 +9,7 @@ import pytest
 from conftest import make_tiny
 
 from llm2nifti.errors import UserError
+from llm2nifti.formats import selection
 from llm2nifti.neuronmask import NeuronMask
 
 PROV = {"ModelID": "m", "ModelConfigSHA256": "a" * 64, "Site": "mlp.out"}
@@ -75,13 +76,13 @@ def test_set_algebra(mask):
 
 
 def test_tsv_round_trip(tmp_path, mask):
-    path = tmp_path / "neurons.tsv"
-    mask.write_tsv(path)
+    path = tmp_path / "selection.tsv"
+    path.write_text(selection.selection_tsv(mask))
     lines = path.read_text().splitlines()
     assert lines[0] == "component\tlayer\tneuron\tweight"
     assert lines[1] == "C0\t0\t1\t2.5"
     assert len(lines) == 1 + 5
-    back = NeuronMask.read_tsv(path)
+    back = selection.read_selection_tsv(path)
     assert back == mask and back.weights("C1") == mask.weights("C1")
     assert back.n_layers is None  # a bare TSV does not know its size
 
@@ -89,36 +90,40 @@ def test_tsv_round_trip(tmp_path, mask):
 def test_tsv_missing_weights_and_errors(tmp_path):
     path = tmp_path / "m.tsv"
     path.write_text("component\tlayer\tneuron\tweight\nA\t0\t1\tn/a\nB\t1\t2\t0.5\n")
-    back = NeuronMask.read_tsv(path)
+    back = selection.read_selection_tsv(path)
     assert back.components == ["A", "B"] and math.isnan(back.weights("A")[(0, 1)])
-    assert "A\t0\t1\tn/a" in back.to_tsv()
+    assert "A\t0\t1\tn/a" in selection.selection_tsv(back)
     path.write_text("component\tlayer\tneuron\nA\tx\t1\n")
-    with pytest.raises(UserError, match=r"m.tsv:2: expected integer"):
-        NeuronMask.read_tsv(path)
+    with pytest.raises(UserError, match=r"m.tsv:2: layer must be an integer"):
+        selection.read_selection_tsv(path)
     path.write_text("i\tj\tk\tlayer\tneuron\tlabel\n0\t0\t0\t0\t0\tL0N0\n")
     with pytest.raises(UserError, match="export's neuron map"):
-        NeuronMask.read_tsv(path)
+        selection.read_selection_tsv(path)
     with pytest.raises(UserError, match="no such file"):
-        NeuronMask.read_tsv(tmp_path / "absent.tsv")
+        selection.read_selection_tsv(tmp_path / "absent.tsv")
 
 
 def test_npz_and_directory_round_trip(tmp_path, mask):
-    mask.save_npz(tmp_path / "mask.npz")
+    selection.save_npz(mask, tmp_path / "mask.npz")
+    (tmp_path / "import.json").write_text("{}")
     back = NeuronMask.load(tmp_path)
     assert back == mask and (back.n_layers, back.n_neurons) == (3, 8)
     assert back.provenance == PROV and back.weights("C0") == pytest.approx(mask.weights("C0"))
     with np.load(tmp_path / "mask.npz") as data:
         assert data["masks"].shape == (2, 3, 8) and data["masks"].dtype == bool
-    (tmp_path / "mask.npz").unlink()
-    with pytest.raises(UserError, match="holds no mask.npz or neurons.tsv"):
+    (tmp_path / "import.json").unlink()
+    with pytest.raises(UserError, match="unfinished import"):
         NeuronMask.load(tmp_path)
+    (tmp_path / "mask.npz").write_bytes(b"PK\x03\x04 damaged")
+    with pytest.raises(UserError, match="not a mask file written by llm2nifti"):
+        NeuronMask.load(tmp_path / "mask.npz")
 
 
 def test_check_compatible(mask):
     mask.check_compatible(PROV, site="mlp.out", n_layers=3, n_neurons=8)
-    with pytest.raises(UserError, match="made for model m .*not tiny-qwen2"):
+    with pytest.raises(UserError, match="made with model m .*not tiny-qwen2"):
         mask.check_compatible(make_tiny("qwen2").provenance)
-    with pytest.raises(UserError, match="same name, other hash.*re-export and re-import"):
+    with pytest.raises(UserError, match="same name, other weights or config: re-export and re-import"):
         mask.check_compatible({**PROV, "ModelConfigSHA256": "b" * 64})
     with pytest.raises(UserError, match="made for site mlp.out, not resid"):
         mask.check_compatible(site="resid")

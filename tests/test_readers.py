@@ -19,10 +19,7 @@ import numpy as np
 import pytest
 from conftest import make_tiny
 
-from llm2nifti.export import export
-from llm2nifti.ica import run_ica
-from llm2nifti.recurrence import recurrence
-from llm2nifti.templates import make_template
+from llm2nifti import export, make_template, recurrence, run_ica
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 TEXT = "A wizard's job is to vex chumps quickly in fog. " * 20

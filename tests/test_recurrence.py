@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from llm2nifti import Recurrence, export, recurrence
 from llm2nifti.cli import main
-from llm2nifti.errors import UserError
-from llm2nifti.export import export
-from llm2nifti.importer import select_neurons
-from llm2nifti.recurrence import binarize, iou_matrix, recurrence, split_runs
+from llm2nifti.errors import IncompleteOutputError, Llm2niftiError, ParameterError
+from llm2nifti.formats.recurrence import RECURRENCE_RECORD, open_recurrence
+from llm2nifti.recurrence import binarize, iou_matrix, split_runs
+from llm2nifti.selection import select_neurons
 
 
 def test_iou_matrix():
@@ -36,10 +37,15 @@ def test_split_runs():
     assert split_runs([1, 2, 3, 4, 5, 6, 7, 8], 4) == [[1, 2], [3, 4], [5, 6], [7, 8]]
     assert split_runs([1, 2, 3, 4, 5], 2) == [[1, 2, 3], [4, 5]]
     assert split_runs([1, 2, 3], "runs") == [[1], [2], [3]]
-    with pytest.raises(UserError, match="at least 2"):
+    with pytest.raises(ParameterError, match="`subsets` must be at least 2"):
         split_runs([1, 2, 3], 1)
-    with pytest.raises(UserError, match="exceeds the 3 runs"):
+    with pytest.raises(ParameterError, match="`subsets` 4 exceeds the 3 runs"):
         split_runs([1, 2, 3], 4)
+    with pytest.raises(ParameterError, match="`subsets` must be at least 2"):
+        split_runs([1], "runs")
+    for bad in ("4", "some", 2.0, True, None):
+        with pytest.raises(ParameterError, match="`subsets`"):
+            split_runs([1, 2, 3], bad)
 
 
 def test_recurrence_outputs(tiny_export, tmp_path):
@@ -59,6 +65,51 @@ def test_recurrence_outputs(tiny_export, tmp_path):
     assert len((tmp_path / "rec" / "iou.tsv").read_text().splitlines()) == 1 + 2 * 3 * 3
     record = json.loads((tmp_path / "rec" / "recurrence.json").read_text())
     assert record["IoUThreshold"] == 0.2 and record["Subsets"] == [[1, 2], [3, 4]]
+    assert record["RecordType"] == "recurrence" and record["ModelID"] == "tiny-llama"
+    assert result.out_dir == (tmp_path / "rec").absolute()
+    read = open_recurrence(tmp_path / "rec")
+    assert read.record == record and [row["template"] for row in read.table] == ["C0", "C1", "C2"]
+    assert read.provenance.grid.site == "mlp.hidden"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(z_threshold=float("nan")), "`z_threshold` must be a finite number"),
+    (dict(z_threshold="2"), "`z_threshold` must be a number"),
+    (dict(iou_threshold=0), "`iou_threshold` must be greater than 0"),
+    (dict(iou_threshold=1.5), "`iou_threshold` must be at most 1"),
+    (dict(iou_threshold=float("nan")), "`iou_threshold` must be a finite number"),
+    (dict(sign="both"), "`sign` must be one of"),
+    (dict(subsets=1), "`subsets` must be at least 2"),
+    (dict(subsets=9), "`subsets` 9 exceeds the 4 runs"),
+    (dict(subsets="half"), "`subsets` must be a number or 'runs'"),
+    (dict(n_components=0), "`n_components` must be at least 1"),
+    (dict(n_components=70, subsets="runs"), "`n_components` 70 exceeds the 64 tokens"),
+    (dict(n_jobs=0), "`n_jobs` must not be 0"),
+    (dict(random_state=-1), "`random_state` must be at least 0"),
+    (dict(figures="no"), "`figures` must be True or False"),
+])
+def test_parameter_errors(tiny_export, tmp_path, kwargs, message):
+    with pytest.raises(ParameterError, match=message):
+        recurrence(tiny_export, tmp_path / "out", **{"subsets": 2, "n_components": 2, "n_init": 1, **kwargs})
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_estimator_refuses_unknown_ica_parameters():
+    with pytest.raises(ParameterError, match="`n_inits` is not a parameter of the ICA"):
+        Recurrence(2, 2, n_inits=1)
+
+
+def test_incomplete_output_is_refused(tiny_export, tmp_path):
+    result = recurrence(tiny_export, subsets=2, n_components=2, n_init=1, figures=False, progress=False)
+    assert result.out_dir is None and not list(tmp_path.iterdir())
+    out = result.write(tmp_path / "rec")
+    assert sorted(p.name for p in out.iterdir()) == ["iou.tsv", "recurrence.json", "recurrence.tsv", "subsets.tsv",
+                                                      "templates_z.nii.gz"]
+    (out / RECURRENCE_RECORD).unlink()
+    with pytest.raises(IncompleteOutputError, match="unfinished recurrence output"):
+        open_recurrence(out)
+    with pytest.raises(Llm2niftiError, match="not an llm2nifti recurrence output"):
+        open_recurrence(tmp_path)
 
 
 def test_cli(tiny_export, tmp_path):

@@ -22,7 +22,7 @@ def test_hook_point_names_follow_transformerlens():
     assert hook_point("mlp.out", 3) == "blocks.3.hook_mlp_out"
     assert hook_point("mlp.hidden", 0) == "blocks.0.mlp.hook_post"
     assert hook_point("resid", 11) == "blocks.11.hook_resid_post"
-    with pytest.raises(UserError, match="unknown site 'mlp'"):
+    with pytest.raises(UserError, match="`site` must be one of .*got 'mlp'"):
         hook_point("mlp", 0)
 
 

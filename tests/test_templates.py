@@ -11,12 +11,12 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_tiny
 
+from llm2nifti import export, import_components
 from llm2nifti.cli import main
 from llm2nifti.errors import UserError
-from llm2nifti.export import export
-from llm2nifti.importer import import_components, load_reference
+from llm2nifti.formats.reference import open_reference as load_reference
 from llm2nifti.layout import NeuronLayout
-from llm2nifti.templates import default_out, make_template
+from llm2nifti.workflows.template import default_out, make_template
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 BUNDLED = ("smollm2-135m", "gemma3-270m")
@@ -73,7 +73,7 @@ def test_import_accepts_a_template(tiny_pair):
     assert reference.kind == "template" and reference.layout == result.layout
     data = np.zeros(result.layout.shape, np.float32)
     data[tuple(result.layout.voxels[[3, 5]].T)] = 10.0
-    mask = import_components(nib.Nifti1Image(data, reference.affine), template=template.out_dir)
+    mask = import_components(nib.Nifti1Image(data, reference.affine), template=template.out_dir).mask
     n = result.layout.n_neurons
     assert mask.neurons("C0") == {divmod(3, n), divmod(5, n)}
 
@@ -83,7 +83,7 @@ def test_default_out_and_overwrite(tmp_path):
     assert default_out("/models/x/SmolLM2-135M.Q4.gguf", "resid").parts[:1] == ("templates",)
     loaded = make_tiny("llama")
     make_template(loaded, "resid", tmp_path / "t", tokens=8)
-    with pytest.raises(UserError, match="--overwrite"):
+    with pytest.raises(UserError, match="`overwrite`"):
         make_template(loaded, "resid", tmp_path / "t", tokens=8)
     make_template(loaded, "mlp.out", tmp_path / "t", tokens=8, overwrite=True)
     assert json.loads((tmp_path / "t" / "template.json").read_text())["Site"] == "mlp.out"
@@ -111,7 +111,7 @@ def test_cli(tiny_llama_dir, tmp_path):
 def test_committed_template(model, site):
     directory = TEMPLATES / model / site
     reference = load_reference(directory)
-    record = reference.record
+    record = json.loads((directory / "template.json").read_text())
     assert reference.kind == "template"
     assert record["ModelID"] == model and record["Site"] == site and record["Layout"] == "grid"
     layout = NeuronLayout(record["NumLayers"], record["NeuronsPerLayer"], "grid")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ..export import export
 from ..layout import LAYOUTS
 from ..models import ALIASES, DEFAULT_MODEL
 from ..sites import DEFAULT_SITE, SITES
+from ..workflows.export import export
 from . import main, quiet_option
 
 EPILOG = """\b

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..ica import DEFAULTS, METHODS, STANDARDIZE, run_ica
+from ..ica import DEFAULTS, METHODS, STANDARDIZE
+from ..workflows.ica import run_ica
 from . import main, quiet_option
 
 EPILOG = """\b
@@ -27,7 +28,7 @@ Defaults that differ from nilearn's, and why:
 """
 
 
-def _threshold(value: str):
+def _threshold(ctx, param, value: str):
     text = value.strip().lower()
     if text in ("none", ""):
         return None
@@ -39,36 +40,46 @@ def _threshold(value: str):
         raise click.BadParameter(f"{value!r} is not none, auto or a number") from None
 
 
+def ica_options(func):
+    """The options of the ICA itself, shared by ``llm2nifti ica`` and ``llm2nifti recurrence``."""
+    options = [
+        click.option("--method", type=click.Choice(METHODS), default="canica", show_default=True,
+                     help="nilearn.decomposition.CanICA or DictLearning."),
+        click.option("--smoothing-fwhm", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="Gaussian smoothing in mm (0: none; the identity at 24 mm voxels up to 7 mm anyway)."),
+        click.option("--standardize", type=click.Choice(STANDARDIZE), default=DEFAULTS["standardize"],
+                     show_default=True, help="Per-neuron scaling over tokens before the decomposition."),
+        click.option("--detrend/--no-detrend", default=DEFAULTS["detrend"], show_default=True,
+                     help="Remove a linear trend over the tokens of each run (nilearn's default)."),
+        click.option("--n-init", type=click.IntRange(min=1), default=DEFAULTS["n_init"], show_default=True,
+                     help="CanICA: FastICA restarts per ICA (the sparsest result is kept)."),
+        click.option("--alpha", type=click.FloatRange(min=0), default=DEFAULTS["alpha"], show_default=True,
+                     help="DictLearning: sparsity of the maps."),
+        click.option("--random-state", type=click.IntRange(min=0, max=2**32 - 1), default=DEFAULTS["random_state"],
+                     show_default=True, help="Seed for reproducible components."),
+        click.option("--n-jobs", type=int, default=DEFAULTS["n_jobs"], show_default=True,
+                     help="Parallel jobs (nilearn; -1: all cores)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @main.command("ica", epilog=EPILOG)
 @click.argument("export_dir", metavar="EXPORT_DIR", type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output directory: components(.nii.gz, _z.nii.gz, .tsv), timecourses/, ica.json, figures/.")
-@click.option("--method", type=click.Choice(METHODS), default="canica", show_default=True,
-              help="nilearn.decomposition.CanICA or DictLearning.")
 @click.option("--n-components", type=click.IntRange(min=1), default=DEFAULTS["n_components"], show_default=True,
               help="Number of components (use more than the networks you expect: see docs/ica.md).")
 @click.option("--runs", default=None, help="Runs to use, e.g. 1-4 or 1,3,5 (default: all).")
-@click.option("--smoothing-fwhm", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Gaussian smoothing in mm (0: none; the identity at 24 mm voxels up to 7 mm anyway).")
-@click.option("--standardize", type=click.Choice(STANDARDIZE), default=DEFAULTS["standardize"], show_default=True,
-              help="Per-neuron scaling over tokens before the decomposition.")
-@click.option("--detrend/--no-detrend", default=DEFAULTS["detrend"], show_default=True,
-              help="Remove a linear trend over the tokens of each run (nilearn's default).")
-@click.option("--threshold", default="none", show_default=True,
+@click.option("--threshold", default="none", show_default=True, callback=_threshold,
               help="CanICA map thresholding: none, auto or a number in (0, n_components].")
-@click.option("--n-init", type=click.IntRange(min=1), default=DEFAULTS["n_init"], show_default=True,
-              help="CanICA: FastICA restarts (the sparsest result is kept).")
-@click.option("--alpha", type=click.FloatRange(min=0), default=DEFAULTS["alpha"], show_default=True,
-              help="DictLearning: sparsity of the maps.")
-@click.option("--random-state", type=int, default=DEFAULTS["random_state"], show_default=True,
-              help="Seed for reproducible components.")
-@click.option("--n-jobs", type=int, default=DEFAULTS["n_jobs"], show_default=True, help="Parallel jobs (nilearn).")
+@ica_options
 @click.option("--score", is_flag=True, help="Also compute explained variance per component (nilearn's score; slow).")
-@click.option("--no-figures", is_flag=True, help="Do not draw figures.")
+@click.option("--figures/--no-figures", default=True, show_default=True, help="Draw the figures into OUT/figures.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier ICA in --out.")
 @quiet_option
-def ica_command(export_dir, out, method, n_components, runs, smoothing_fwhm, standardize, detrend, threshold,
-                n_init, alpha, random_state, n_jobs, score, no_figures, overwrite, quiet):
+def ica_command(export_dir, out, quiet, **options):
     """Group ICA of an export with nilearn's own CanICA or DictLearning, unchanged.
 
     The runs of EXPORT_DIR are decomposed with the export's brain mask as the
@@ -76,9 +87,5 @@ def ica_command(export_dir, out, method, n_components, runs, smoothing_fwhm, sta
     ready for `llm2nifti import`, with one time-course table per run, the
     parameters used, and figures (layer x neuron images and nilearn views).
     """
-    result = run_ica(
-        export_dir, out, method=method, n_components=n_components, runs=runs, smoothing_fwhm=smoothing_fwhm or None,
-        standardize=standardize, detrend=detrend, threshold=_threshold(threshold), n_init=n_init, alpha=alpha,
-        random_state=random_state, n_jobs=n_jobs, figures=not no_figures, score=score, overwrite=overwrite,
-    )
+    result = run_ica(export_dir, out, progress=not quiet, **options)
     click.echo(result.summary())

@@ -6,7 +6,8 @@ import warnings
 
 import click
 
-from ..importer import DEFAULT_THRESHOLD, SIGNS, import_components
+from ..selection import DEFAULT_THRESHOLD, SIGNS
+from ..workflows.importing import import_components
 from . import main
 
 EPILOG = """\b
@@ -20,44 +21,43 @@ Examples:
 
 
 @main.command("import", epilog=EPILOG)
-@click.argument("components_img", metavar="COMPONENTS", type=click.Path(dir_okay=False))
-@click.option("--export", "export_dir", type=click.Path(file_okay=False), default=None,
+@click.argument("img", metavar="COMPONENTS", type=click.Path(dir_okay=False))
+@click.option("--export", type=click.Path(file_okay=False), default=None,
               help="The export the maps were computed from (gives the grid and the neuron map).")
 @click.option("--template", type=click.Path(file_okay=False), default=None,
               help="A template directory to use instead of --export.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Output directory: neurons.tsv, mask.npz, counts.tsv, import.json.")
+              help="Output directory: selection.tsv, mask.npz, counts.tsv, import.json.")
 @click.option("--threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
               help="Keep neurons whose (z-scored) value exceeds this.")
 @click.option("--sign", type=click.Choice(SIGNS), default="positive", show_default=True,
               help="Keep large positive values, large negative values, or large magnitudes.")
 @click.option("--zscore/--no-zscore", default=True, show_default=True,
               help="Z-score each component over the in-mask voxels first; --no-zscore for z-statistic maps (MELODIC).")
-@click.option("--top-k", type=click.IntRange(min=1), default=None,
+@click.option("--top-k", type=int, default=None,
               help="Keep the K strongest neurons per component instead of thresholding.")
-@click.option("--top-percent", type=click.FloatRange(min=0, max=100, min_open=True), default=None,
+@click.option("--top-percent", type=float, default=None,
               help="Keep the strongest P percent of neurons per component instead of thresholding.")
 @click.option("--components", default=None,
               help="0-based volume indices to import, e.g. 0,2,5-7 (default: all).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier import in --out.")
-def import_command(components_img, export_dir, template, out, threshold, sign, zscore, top_k, top_percent,
+def import_command(img, export, template, out, threshold, sign, zscore, top_k, top_percent,
                    components, overwrite):
     """Turn component maps (nilearn, FSL MELODIC, ...) into sets of neurons.
 
     COMPONENTS is a 4D image with one volume per component, or a 3D map, on
     the export's own grid. Each component becomes the neurons whose voxels
-    pass the threshold; they are written as neurons.tsv (component layer
+    pass the threshold; they are written as selection.tsv (component layer
     neuron weight) for mask-eval and any other tool.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            mask = import_components(
-                components_img, export_dir, template=template, threshold=threshold, sign=sign, zscore=zscore,
+            result = import_components(
+                img, export, template=template, threshold=threshold, sign=sign, zscore=zscore,
                 top_k=top_k, top_percent=top_percent, components=components, out=out, overwrite=overwrite,
             )
         finally:
             for warning in caught:
                 click.echo(f"Warning: {warning.message}", err=True)
-    counts = ", ".join(f"{c}: {mask.size(c)}" for c in mask.components)
-    click.echo(f"{len(mask)} component(s), {mask.size()} distinct neurons ({counts}) -> {out}")
+    click.echo(result.summary())

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from ..ica import DEFAULTS, METHODS, STANDARDIZE
-from ..importer import DEFAULT_THRESHOLD, SIGNS
-from ..recurrence import IOU_THRESHOLD, recurrence
+from ..recurrence import IOU_THRESHOLD
+from ..selection import DEFAULT_THRESHOLD, SIGNS
+from ..workflows.recurrence import recurrence
 from . import main, quiet_option
+from .ica_cmd import ica_options
 
 EPILOG = """\b
 Examples:
@@ -22,7 +23,7 @@ a template recurs in a subset when a subset component reaches --iou-threshold
 """
 
 
-def _subsets(value: str):
+def _subsets(ctx, param, value: str):
     text = value.strip().lower()
     if text == "runs":
         return "runs"
@@ -35,8 +36,10 @@ def _subsets(value: str):
 @main.command("recurrence", epilog=EPILOG)
 @click.argument("export_dir", metavar="EXPORT_DIR", type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Output directory: recurrence.tsv, recurrence.png, subsets.tsv, iou.tsv, templates_z.nii.gz.")
-@click.option("--subsets", default="4", show_default=True, help="Number of disjoint groups of runs, or 'runs'.")
+              help="Output directory: recurrence.tsv, recurrence.png, subsets.tsv, iou.tsv, templates_z.nii.gz, "
+                   "recurrence.json.")
+@click.option("--subsets", default="4", show_default=True, callback=_subsets,
+              help="Number of disjoint groups of runs, or 'runs'.")
 @click.option("--n-components", type=click.IntRange(min=1), default=10, show_default=True,
               help="Components of every ICA (group and subsets).")
 @click.option("--iou-threshold", type=click.FloatRange(min=0, max=1, min_open=True), default=IOU_THRESHOLD,
@@ -44,27 +47,17 @@ def _subsets(value: str):
 @click.option("--z-threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
               help="Binarization of the maps (z-score over neurons), as in `llm2nifti import`.")
 @click.option("--sign", type=click.Choice(SIGNS), default="positive", show_default=True, help="Which tail to keep.")
-@click.option("--method", type=click.Choice(METHODS), default="canica", show_default=True)
-@click.option("--n-init", type=click.IntRange(min=1), default=DEFAULTS["n_init"], show_default=True,
-              help="CanICA: FastICA restarts per ICA.")
-@click.option("--standardize", type=click.Choice(STANDARDIZE), default=DEFAULTS["standardize"], show_default=True)
-@click.option("--random-state", type=int, default=DEFAULTS["random_state"], show_default=True)
-@click.option("--n-jobs", type=int, default=DEFAULTS["n_jobs"], show_default=True)
-@click.option("--no-figures", is_flag=True, help="Do not draw recurrence.png.")
+@ica_options
+@click.option("--figures/--no-figures", default=True, show_default=True, help="Draw recurrence.png.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier result in --out.")
 @quiet_option
-def recurrence_command(export_dir, out, subsets, n_components, iou_threshold, z_threshold, sign, method, n_init,
-                       standardize, random_state, n_jobs, no_figures, overwrite, quiet):
+def recurrence_command(export_dir, out, quiet, **options):
     """Do the networks of an export recur across disjoint parts of its text?
 
     Runs group ICA on all runs (templates) and on each subset, binarizes every
     map, and counts for each template the subsets in which some component
     overlaps it with IoU >= --iou-threshold. Prints the table.
     """
-    result = recurrence(
-        export_dir, out, subsets=_subsets(subsets), n_components=n_components, iou_threshold=iou_threshold,
-        z_threshold=z_threshold, sign=sign, method=method, n_init=n_init, standardize=standardize,
-        random_state=random_state, n_jobs=n_jobs, figures=not no_figures, overwrite=overwrite,
-    )
+    result = recurrence(export_dir, out, progress=not quiet, **options)
     click.echo(result.table(), nl=False)
     click.echo(result.summary())

@@ -7,7 +7,7 @@ import click
 from ..layout import LAYOUTS
 from ..models import ALIASES, DEFAULT_MODEL
 from ..sites import DEFAULT_SITE, SITES
-from ..templates import UNDERLAY_TOKENS, make_template
+from ..workflows.template import UNDERLAY_TOKENS, make_template
 from . import main, quiet_option
 
 EPILOG = """\b
@@ -26,7 +26,7 @@ Examples:
               help="Output directory (default: templates/<model>/<site>).")
 @click.option("--layout", type=click.Choice(LAYOUTS), default="grid", show_default=True,
               help="Neuron to voxel arrangement.")
-@click.option("--tokens", type=click.IntRange(min=1), default=UNDERLAY_TOKENS, show_default=True,
+@click.option("--tokens", type=int, default=UNDERLAY_TOKENS, show_default=True,
               help="Tokens of the built-in corpus averaged into the mean-activation underlay.")
 @click.option("--text", default=None, help="Text for the underlay instead of the built-in corpus.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device.")
@@ -38,5 +38,5 @@ def template_command(model, site, out, layout, tokens, text, device, overwrite, 
     `llm2nifti import --template DIR` accepts the result in place of an export.
     """
     template = make_template(model, site, out, layout=layout, tokens=tokens, text=text, overwrite=overwrite,
-                             device=device)
+                             device=device, progress=not quiet)
     click.echo(template.summary())

@@ -1,0 +1,113 @@
+"""Next-token metrics over token windows, multiple-choice accuracy, and summaries of control runs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..errors import ModelError, ParameterError
+from ..formats.maskeval import METRICS
+from ..recording import with_bos
+from ..text import tokenize
+from .tasks import ChoiceTask
+
+
+def check_language_model(module, context: int, bos: bool) -> None:
+    """Refuse a model without an LM head, or windows (plus a BOS) longer than its positions."""
+    head = module.get_output_embeddings() if hasattr(module, "get_output_embeddings") else None
+    if head is None:
+        raise ModelError(f"mask-eval needs a causal language model with an LM head; {type(module).__name__} has "
+                         "none")
+    config = getattr(module, "config", None)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if limit and context + bos > limit:
+        raise ParameterError(f"a `context` of {context} tokens exceeds the model's {limit} positions; pass a "
+                             "smaller one")
+
+
+@torch.inference_mode()
+def language_model_metrics(model, windows: np.ndarray, bos: int | None = None, batch_size: int = 4,
+                           device: str = "cpu") -> dict:
+    """Mean next-token loss, perplexity and top-1 accuracy over token windows.
+
+    Within each window, token ``t`` is predicted from tokens ``< t`` (and a BOS
+    when given), so a window of ``C`` tokens gives ``C - 1`` predictions.
+
+    Returns
+    -------
+    dict
+        ``loss`` (nats), ``perplexity`` (``exp(loss)``, capped at ``exp(700)``) and ``accuracy``.
+    """
+    loss_sum, correct, count = 0.0, 0, 0
+    for start in range(0, len(windows), batch_size):
+        ids = torch.as_tensor(windows[start:start + batch_size], dtype=torch.long)
+        inputs, offset = with_bos(ids, bos)
+        logits = model(input_ids=inputs.to(device), attention_mask=torch.ones_like(inputs).to(device)).logits
+        logits = logits[:, offset:-1].float()
+        targets = ids[:, 1:].to(logits.device)
+        loss_sum += torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
+        correct += int((logits.argmax(-1) == targets).sum())
+        count += targets.numel()
+    loss = loss_sum / count
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "accuracy": correct / count}
+
+
+@torch.inference_mode()
+def choice_accuracy(model, tokenizer, task: ChoiceTask, bos: int | None = None, device: str = "cpu") -> float:
+    """Share of items whose correct choice has the highest log-likelihood given the prompt."""
+    hits = 0
+    for prompt, choices, label in task.items:
+        prefix = ([bos] if bos is not None else []) + tokenize(tokenizer, prompt).tolist()
+        conts = [tokenize(tokenizer, choice).tolist() for choice in choices]
+        if not prefix:
+            raise ParameterError(f"`tasks`: task {task.name} has an empty prompt, which needs a tokenizer with a "
+                                 "BOS token")
+        length = max(len(prefix) + len(c) for c in conts)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(conts), length), pad, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        for row, cont in enumerate(conts):
+            seq = prefix + cont
+            ids[row, :len(seq)] = torch.tensor(seq)
+            attention[row, :len(seq)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        scores = []
+        for row, cont in enumerate(conts):
+            positions = torch.arange(len(prefix) - 1, len(prefix) - 1 + len(cont))
+            scores.append(float(logprobs[row, positions, torch.tensor(cont)].sum()))
+        hits += int(np.argmax(scores) == label)
+    return hits / len(task.items)
+
+
+def _mean_std(values) -> tuple[float, float | None]:
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None
+
+
+def summarise(runs: list[dict]) -> dict | None:
+    """Mean and sample standard deviation of each metric over control runs (``None`` for no runs).
+
+    Returns
+    -------
+    dict or None
+        ``n``, ``mean_<metric>`` and ``std_<metric>`` (``None`` for one run),
+        the raw ``losses`` and ``accuracies``, and per task
+        ``tasks[name] = {mean_accuracy, std_accuracy}``.
+    """
+    if not runs:
+        return None
+    summary: dict = {"n": len(runs)}
+    for key in METRICS:
+        summary[f"mean_{key}"], summary[f"std_{key}"] = _mean_std([run[key] for run in runs])
+    summary["losses"] = [run["loss"] for run in runs]
+    summary["accuracies"] = [run["accuracy"] for run in runs]
+    tasks = runs[0].get("tasks") or {}
+    if tasks:
+        summary["tasks"] = {}
+        for task in tasks:
+            mean, std = _mean_std([run["tasks"][task] for run in runs])
+            summary["tasks"][task] = {"mean_accuracy": mean, "std_accuracy": std}
+    return summary

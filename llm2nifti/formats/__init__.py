@@ -1,0 +1,1 @@
+"""One module per on-disk format: names, writing, reading and validation."""

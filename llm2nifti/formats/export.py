@@ -1,0 +1,369 @@
+"""The export: a BIDS-style derivative dataset of pseudo-4D NIfTI runs. Names, writing and reading.
+
+Layout of an export (``<sub>`` is the model label, ``<task>`` the text)::
+
+    export.json                       the ExportRecord; Status "complete" once every file is written
+    dataset_description.json          written last of all: the export's completion mark
+    README, .bidsignore, task-<task>_events.json
+    neurons.tsv                       i j k layer neuron label, in NiftiMasker column order
+    atlas/layers.nii.gz, layers.xml, layers.lut    FSL-style layer atlas
+    sub-<sub>/func/
+        sub-<sub>_task-<task>_run-<n>_bold.nii.gz  (+ .json sidecar, + _events.tsv)
+        sub-<sub>_task-<task>_desc-brain_mask.nii.gz
+        sub-<sub>_task-<task>_desc-layers_dseg.nii.gz (+ .tsv)
+        sub-<sub>_task-<task>_desc-mean_boldref.nii.gz   mean activation, a viewer underlay
+
+An export is written by :class:`ExportWriter` inside an
+:class:`~llm2nifti.transaction.OutputTransaction` and read back, checked, by
+:func:`open_export`, which refuses anything without its completion marks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .._version import __version__
+from ..errors import DamagedFileError, IncompleteOutputError, Llm2niftiError
+from ..layout import NeuronLayout
+from ..records import ExportRecord
+from ..transaction import is_staging, make_dirs, read_json, write_json, write_text
+from .atlas import dseg_tsv, layer_image, write_atlas
+from .neuron_map import FILENAME as NEURON_MAP
+from .neuron_map import layout_from_neuron_map, write_neuron_map
+
+BIDS_VERSION = "1.10.0"
+EXPORT_RECORD = "export.json"
+DESCRIPTION = "dataset_description.json"
+REPETITION_TIME = 1.0  # one token per second: a convention, not a measurement
+BIDSIGNORE = ("export.json", "neurons.tsv", "atlas", "*_boldref.nii.gz", "figures", "*.lut", "*.xml")
+
+
+@dataclass(frozen=True)
+class DatasetPaths:
+    """File names inside one export directory."""
+
+    root: Path
+    subject: str
+    task: str
+    run_digits: int = 3
+
+    @classmethod
+    def for_record(cls, root: Path, record: ExportRecord) -> DatasetPaths:
+        return cls(Path(root), record.subject, record.task, max(3, len(str(record.n_runs))))
+
+    @property
+    def func(self) -> Path:
+        return self.root / f"sub-{self.subject}" / "func"
+
+    @property
+    def prefix(self) -> str:
+        return f"sub-{self.subject}_task-{self.task}"
+
+    def _run(self, run: int, suffix: str) -> Path:
+        return self.func / f"{self.prefix}_run-{run:0{self.run_digits}d}_{suffix}"
+
+    def bold(self, run: int) -> Path:
+        return self._run(run, "bold.nii.gz")
+
+    def sidecar(self, run: int) -> Path:
+        return self._run(run, "bold.json")
+
+    def events(self, run: int) -> Path:
+        return self._run(run, "events.tsv")
+
+    def run_files(self, run: int) -> tuple[Path, Path, Path]:
+        """Sidecar, events and image of a run, in the order they are written (the image last)."""
+        return self.sidecar(run), self.events(run), self.bold(run)
+
+    @property
+    def mask(self) -> Path:
+        return self.func / f"{self.prefix}_desc-brain_mask.nii.gz"
+
+    @property
+    def dseg(self) -> Path:
+        return self.func / f"{self.prefix}_desc-layers_dseg.nii.gz"
+
+    @staticmethod
+    def json_for(image: Path) -> Path:
+        """The JSON sidecar beside a ``.nii.gz`` image."""
+        return image.with_name(image.name.removesuffix(".nii.gz") + ".json")
+
+    @property
+    def dseg_tsv(self) -> Path:
+        return self.func / f"{self.prefix}_desc-layers_dseg.tsv"
+
+    @property
+    def mean(self) -> Path:
+        return self.func / f"{self.prefix}_desc-mean_boldref.nii.gz"
+
+    @property
+    def events_json(self) -> Path:
+        """Task-level sidecar that describes the events columns for every run (BIDS inheritance)."""
+        return self.root / f"task-{self.task}_events.json"
+
+    @property
+    def atlas_dir(self) -> Path:
+        return self.root / "atlas"
+
+    @property
+    def neurons_tsv(self) -> Path:
+        return self.root / NEURON_MAP
+
+    @property
+    def record(self) -> Path:
+        return self.root / EXPORT_RECORD
+
+    @property
+    def description(self) -> Path:
+        return self.root / DESCRIPTION
+
+
+# -- contents ---------------------------------------------------------------------------------
+EVENTS_SIDECAR = {
+    "Description": "One row per volume: the token the model read at that time point.",
+    "onset": {"Description": "Token position in the run times RepetitionTime", "Units": "s"},
+    "duration": {"Description": "One token", "Units": "s"},
+    "token": {"Description": r'Decoded token text; escaped as \t \n \r \\ \" (tab, newline, CR, backslash, '
+                             r'double quote); n/a if empty'},
+    "token_id": {"Description": "Token id in the model's vocabulary"},
+}
+
+
+def description(record: ExportRecord) -> dict:
+    return {
+        "Name": f"llm2nifti export of {record.model.model_id} ({record.grid.site}) on {record.task}",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [{
+            "Name": "llm2nifti",
+            "Version": __version__,
+            "Description": "LLM neuron activations as pseudo-4D NIfTI (voxels = neurons, volumes = tokens)",
+        }],
+        "SourceDatasets": [{"ModelID": record.model.model_id, "Corpus": record.text.corpus}],
+    }
+
+
+def run_sidecar(record: ExportRecord, run: int) -> dict:
+    """Sidecar of one bold run: BIDS keys first, then llm2nifti's provenance."""
+    return {
+        "RepetitionTime": REPETITION_TIME,
+        "TaskName": record.task,
+        "SkullStripped": True,
+        "Description": (
+            f"Activations of {record.model.model_id} at {record.grid.site} ({record.grid.hook_point}): "
+            "voxels are neurons (see neurons.tsv), volumes are tokens (see _events.tsv)"
+        ),
+        **record.to_json(),
+        "Run": run,
+        "TokenOffset": (run - 1) * record.run_tokens,
+    }
+
+
+def readme(record: ExportRecord) -> str:
+    grid = record.grid
+    return (
+        f"llm2nifti export of {record.model.model_id}\n\n"
+        "Pseudo-4D NIfTI runs of language-model neuron activations: each voxel is one neuron\n"
+        f"(site {grid.site}, {grid.n_layers} layers x {grid.neurons_per_layer} neurons, "
+        f"{grid.layout} layout) and each volume is one token of the text {record.text.corpus}.\n"
+        "neurons.tsv maps voxels (i, j, k) to (layer, neuron); *_events.tsv lists the token of every volume;\n"
+        "export.json records the model, its hashes and every export setting.\n"
+    )
+
+
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", '"': '\\"'})
+
+
+def _tsv_cell(text: str) -> str:
+    """Token text as one TSV cell, readable by csv and pandas defaults.
+
+    Backslash, tab, newline, carriage return and double quote (which those
+    readers take as quoting) are backslash-escaped; an empty token is n/a.
+    """
+    return text.translate(_TSV_ESCAPES) or "n/a"
+
+
+def events_tsv(token_ids, token_texts, tr: float = REPETITION_TIME) -> str:
+    """``onset duration token token_id``: one row per volume (token)."""
+    rows = ["onset\tduration\ttoken\ttoken_id"]
+    rows += [
+        f"{t * tr:g}\t{tr:g}\t{_tsv_cell(text)}\t{int(tid)}"
+        for t, (tid, text) in enumerate(zip(token_ids, token_texts))
+    ]
+    return "\n".join(rows) + "\n"
+
+
+# -- writing ----------------------------------------------------------------------------------
+class ExportWriter:
+    """Writes one export, file by file, into a directory (the transaction's staging directory).
+
+    Every file is written atomically; a run is complete when its image (written
+    after its sidecar and events) exists. :meth:`finish` writes the completion
+    marks: ``export.json`` with Status complete, then ``dataset_description.json``.
+    """
+
+    def __init__(self, root: Path, record: ExportRecord):
+        self.record = record
+        self.paths = DatasetPaths.for_record(root, record)
+        self.layout = record.grid.neuron_layout()
+
+    def start(self) -> int:
+        """The record (incomplete) and every file that does not depend on the runs; returns bytes written."""
+        make_dirs(self.paths.func)
+        write_json(self.paths.record, self.record.to_json())
+        return self._write_static()
+
+    def _write_static(self) -> int:
+        from .nifti import save, volume_image
+
+        paths, layout, settings = self.paths, self.layout, self.record.to_json()
+        save(volume_image(layout, 1, np.uint8, "llm2nifti neuron mask"), paths.mask)
+        save(layer_image(layout), paths.dseg)
+        write_text(paths.dseg_tsv, dseg_tsv(layout.n_layers))
+        write_json(paths.json_for(paths.mask), {"Description": "Binary mask: non-zero voxels are exactly the neurons",
+                                                "Type": "Brain", **settings})
+        write_json(paths.json_for(paths.dseg),
+                   {"Description": "Layer atlas: value = layer + 1 at each neuron, 0 elsewhere", **settings})
+        atlas = write_atlas(paths.root, layout, f"llm2nifti layers: {self.record.model.model_id} "
+                                                f"{self.record.grid.site}")
+        write_neuron_map(layout, paths.neurons_tsv)
+        write_text(paths.root / ".bidsignore", "\n".join(BIDSIGNORE) + "\n")
+        write_json(paths.events_json, EVENTS_SIDECAR)
+        files = [paths.mask, paths.dseg, paths.dseg_tsv, paths.neurons_tsv, *atlas]
+        return sum(p.stat().st_size for p in files)
+
+    def run_complete(self, run: int) -> bool:
+        return all(p.exists() for p in self.paths.run_files(run))
+
+    def write_run(self, run: int, token_ids, token_texts, activations: np.ndarray) -> int:
+        """Sidecar, events and 4D image of one run (image last); returns bytes written."""
+        from .nifti import run_image, save
+
+        record = self.record
+        write_json(self.paths.sidecar(run), run_sidecar(record, run))
+        write_text(self.paths.events(run), events_tsv(token_ids, token_texts))
+        img = run_image(self.layout, activations, REPETITION_TIME, record.dtype,
+                        f"llm2nifti {record.grid.site} {record.subject}", record.nifti2)
+        save(img, self.paths.bold(run))
+        return sum(p.stat().st_size for p in self.paths.run_files(run))
+
+    def write_mean(self, means: np.ndarray) -> int:
+        from .nifti import save, volume_image
+
+        save(volume_image(self.layout, means, np.float32, f"llm2nifti {self.record.grid.site} mean"),
+             self.paths.mean)
+        return self.paths.mean.stat().st_size
+
+    def finish(self) -> ExportRecord:
+        """README, the complete record, and last the completion mark ``dataset_description.json``."""
+        from dataclasses import replace
+
+        self.record = replace(self.record, complete=True)
+        write_text(self.paths.root / "README", readme(self.record))
+        write_json(self.paths.record, self.record.to_json())
+        write_json(self.paths.description, description(self.record))
+        return self.record
+
+
+def is_export(path: Path) -> bool:
+    """Whether ``path`` is an export directory, complete or not (what ``overwrite`` may replace)."""
+    return (Path(path) / EXPORT_RECORD).is_file()
+
+
+def worth_resuming(path: Path) -> bool:
+    """Whether an interrupted export holds at least one complete run."""
+    return any(Path(path).rglob("*_bold.nii.gz"))
+
+
+# -- reading ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Export:
+    """A complete export, read back and checked.
+
+    Attributes
+    ----------
+    root : Path
+    record : ExportRecord
+    layout : NeuronLayout
+    paths : DatasetPaths
+    affine : ndarray of shape (4, 4)
+        The brain mask's affine (the grid every image of the export shares).
+    runs : list of int
+        Run numbers, ascending.
+    """
+
+    root: Path
+    record: ExportRecord
+    layout: NeuronLayout
+    paths: DatasetPaths
+    affine: np.ndarray
+    runs: list
+
+    @property
+    def run_paths(self) -> list[Path]:
+        return [self.paths.bold(run) for run in self.runs]
+
+    @property
+    def repetition_time(self) -> float:
+        return REPETITION_TIME
+
+    def select(self, runs) -> Export:
+        """The same export restricted to the run numbers ``runs`` (in that order)."""
+        from ..indices import format_ranges
+
+        wanted = list(dict.fromkeys(int(r) for r in runs))
+        missing = [r for r in wanted if r not in self.runs]
+        if missing:
+            raise Llm2niftiError(f"run {missing[0]} is not in the export (it has runs {format_ranges(self.runs)}); "
+                                 "check `runs`")
+        if not wanted:
+            raise Llm2niftiError("`runs` selects no run")
+        return Export(self.root, self.record, self.layout, self.paths, self.affine, wanted)
+
+
+def read_export_record(root: Path) -> ExportRecord:
+    return ExportRecord.from_json(read_json(root / EXPORT_RECORD, "export record"), str(root / EXPORT_RECORD))
+
+
+def check_complete(root: Path, what: str = "export") -> None:
+    """Refuse a staging directory or an export without its completion marks."""
+    root = Path(root)
+    if is_staging(root):
+        raise IncompleteOutputError(f"{root} is the staging directory of an unfinished {what}, not an output")
+    record = read_export_record(root)
+    if not record.complete or not (root / DESCRIPTION).is_file():
+        raise IncompleteOutputError(f"the export in {root} is incomplete; finish it with `export:resume`")
+
+
+def open_export(path, *, param: str = "export") -> Export:
+    """Read a complete export directory and check its record, neuron map, mask and runs against each other.
+
+    Raises
+    ------
+    IncompleteOutputError
+        When the export was interrupted (no completion marks).
+    DamagedFileError
+        When its files disagree or cannot be read.
+    Llm2niftiError
+        When ``path`` is not an export.
+    """
+    from .reference import check_mask, existing_dir
+
+    root = existing_dir(path, param, "an llm2nifti export")
+    if not is_export(root):
+        raise Llm2niftiError(f"`{param}` {root} is not an llm2nifti export (it has no {EXPORT_RECORD})")
+    check_complete(root)
+    record = read_export_record(root)
+    layout = layout_from_neuron_map(root / NEURON_MAP, record.grid.layout)
+    if layout != record.grid.neuron_layout():
+        raise DamagedFileError(f"{root}: {NEURON_MAP} describes {layout.n_layers} x {layout.n_neurons} neurons, "
+                               f"{EXPORT_RECORD} {record.grid.n_layers} x {record.grid.neurons_per_layer}")
+    paths = DatasetPaths.for_record(root, record)
+    affine = check_mask(paths.mask, layout)
+    missing = [run for run in range(1, record.n_runs + 1) if not paths.bold(run).is_file()]
+    if missing:
+        raise DamagedFileError(f"{root}: run {missing[0]} of {record.n_runs} is missing ({paths.bold(missing[0])})")
+    return Export(root.resolve(), record, layout, paths, affine, list(range(1, record.n_runs + 1)))

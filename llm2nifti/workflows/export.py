@@ -1,0 +1,280 @@
+"""``export``: a model's neuron activations over a text, as a BIDS-style NIfTI dataset."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..checks import check_bool, check_choice, check_int, check_path, check_str
+from ..console import log, progress_bar
+from ..devices import check_device
+from ..errors import MismatchError, ParameterError
+from ..formats.export import DatasetPaths, ExportWriter, is_export, read_export_record, worth_resuming
+from ..formats.nifti import DTYPES, check_volumes
+from ..layout import LAYOUTS, VOXEL_SIZE_MM, NeuronLayout
+from ..models import DEFAULT_MODEL, LoadedModel, load_model, model_label
+from ..recording import check_finite, record
+from ..records import ExportRecord, Grid, ModelIdentity, TextSpan
+from ..sites import HOOK_POINTS, SITES, find_blocks
+from ..text import bos_token_id, cut_runs, load_corpus, token_texts, tokenize
+from ..transaction import OutputTransaction, remove_partials
+
+DEFAULT_SITE = "mlp.out"
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote, with its timings.
+
+    Attributes
+    ----------
+    out_dir : Path
+    n_runs, n_tokens, n_neurons : int
+        Runs in the export (including resumed ones), tokens per run... see ``summary``.
+    n_skipped : int
+        Runs found complete and kept (``resume=True``).
+    bytes_written : int
+    seconds : float
+        Wall time of the whole call.
+    load_seconds : float
+        Of which loading the model and the text.
+    export_seconds : float
+        Of which the forward passes and writing (what throughput is measured on).
+    layout : NeuronLayout
+    paths : DatasetPaths
+    record : ExportRecord
+    """
+
+    out_dir: Path
+    n_runs: int
+    n_tokens: int
+    n_neurons: int
+    n_skipped: int
+    bytes_written: int
+    seconds: float
+    load_seconds: float
+    export_seconds: float
+    layout: NeuronLayout
+    paths: DatasetPaths
+    record: ExportRecord = field(repr=False, default=None)
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Tokens computed (not resumed) per second of export, model loading excluded."""
+        computed = self.n_tokens * (self.n_runs - self.n_skipped) / max(self.n_runs, 1)
+        return computed / self.export_seconds if self.export_seconds else float("nan")
+
+    def summary(self) -> str:
+        return (
+            f"{self.n_runs} runs ({self.n_skipped} resumed), {self.n_tokens} tokens, "
+            f"{self.n_neurons} neurons, {self.bytes_written / 1e6:.1f} MB written; loading {self.load_seconds:.1f} s, "
+            f"export {self.export_seconds:.1f} s at {self.tokens_per_second:.0f} tokens/s -> {self.out_dir}"
+        )
+
+
+def _check_arguments(out, site, layout, run_tokens, max_runs, context, batch_size, dtype, nifti2, resume, overwrite,
+                     progress, text_field, blocks, down_proj, device):
+    out = check_path("out", out)
+    check_device(device)
+    check_str("blocks", blocks, none_ok=True)
+    check_str("down_proj", down_proj, none_ok=True)
+    check_choice("site", site, SITES)
+    check_choice("layout", layout, LAYOUTS)
+    check_int("run_tokens", run_tokens, min_value=1)
+    check_int("max_runs", max_runs, min_value=1, none_ok=True)
+    check_int("context", context, min_value=1, none_ok=True)
+    check_int("batch_size", batch_size, min_value=1)
+    check_choice("dtype", dtype, tuple(DTYPES))
+    check_str("text_field", text_field)
+    for name, value in (("nifti2", nifti2), ("resume", resume), ("overwrite", overwrite), ("progress", progress)):
+        check_bool(name, value)
+    if resume and overwrite:
+        raise ParameterError("give one of `resume` and `overwrite`, not both")
+    check_volumes(run_tokens, nifti2)
+    return out
+
+
+def export(
+    out: str | Path,
+    model: str | LoadedModel | None = None,
+    text: str | None = None,
+    *,
+    site: str = DEFAULT_SITE,
+    layout: str = "grid",
+    run_tokens: int = 512,
+    max_runs: int | None = 8,
+    context: int | None = None,
+    batch_size: int = 4,
+    text_field: str = "text",
+    dtype: str = "float32",
+    nifti2: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    blocks: str | None = None,
+    down_proj: str | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    stdin=None,
+) -> ExportResult:
+    """Export neuron activations of ``model`` over ``text`` as a BIDS-style NIfTI dataset.
+
+    The export is built in a staging directory beside ``out`` and moved into
+    place only when complete; an existing export is replaced (``overwrite``)
+    only then, so a failure leaves it as it was. A killed export keeps its
+    complete runs for ``resume``.
+
+    Parameters
+    ----------
+    out : str or Path
+        Output directory; must be new or empty unless ``resume`` or ``overwrite``.
+    model : str or LoadedModel, optional
+        Alias, ``.gguf`` file, local directory or hub id (see
+        :func:`llm2nifti.models.load_model`); default ``smollm2-135m``.
+    text : str, optional
+        Text file, JSONL file, ``"-"`` (stdin) or ``"pydoc"`` (default).
+    site : {"mlp.out", "mlp.hidden", "resid"}
+        Which neurons to record (see :mod:`llm2nifti.sites`).
+    layout : {"grid", "brain"}
+        Neuron to voxel arrangement (see :mod:`llm2nifti.layout`).
+    run_tokens : int
+        Tokens per run (volumes per 4D image).
+    max_runs : int or None
+        Cap on the number of runs; ``None`` uses the whole text.
+    context : int, optional
+        Tokens per forward pass; must divide ``run_tokens``. Default: the whole run.
+    batch_size : int
+        Context windows per forward pass.
+    text_field : str
+        For JSONL text, the key holding each document's text.
+    dtype : {"float32", "int16"}
+        On-disk type; int16 uses ``scl_slope``/``scl_inter``.
+    nifti2 : bool
+        Write NIfTI-2 (needed for runs over 32767 tokens).
+    resume, overwrite : bool
+        Finish an interrupted export (keeping complete runs), or replace one.
+    blocks, down_proj : str, optional
+        Module paths for architectures that discovery does not know.
+    device : str
+        Torch device of the model.
+    progress : bool
+        Progress bar and messages.
+
+    Returns
+    -------
+    ExportResult
+    """
+    started = time.perf_counter()
+    out = _check_arguments(out, site, layout, run_tokens, max_runs, context, batch_size, dtype, nifti2, resume,
+                           overwrite, progress, text_field, blocks, down_proj, device)
+    with OutputTransaction(out, what="export", is_output=is_export, overwrite=overwrite, resume=resume,
+                           resumable=True, worth_keeping=worth_resuming) as tx:
+        corpus = load_corpus(text, text_field, stdin=stdin)
+        loaded = model if isinstance(model, LoadedModel) else load_model(model or DEFAULT_MODEL, device,
+                                                                        progress=progress)
+        found = find_blocks(loaded.model, blocks, down_proj)
+        cap = None if max_runs is None else max_runs * run_tokens
+        runs = cut_runs(tokenize(loaded.tokenizer, corpus.text, cap), run_tokens, max_runs)
+        bos = bos_token_id(loaded.tokenizer)
+        context = _check_context(context or run_tokens, run_tokens, loaded.model.config, bos is not None)
+        grid = Grid(site, HOOK_POINTS[site], layout, VOXEL_SIZE_MM,
+                    found.n_layers, found.n_neurons(site), found.blocks_path, found.down_proj_path)
+        n_runs = len(runs)
+        text_span = TextSpan(corpus.source, corpus.sha256, (0, n_runs * run_tokens), context, bos is not None)
+        wanted = ExportRecord(ModelIdentity.from_json(loaded.provenance), grid, text_span,
+                              model_label(loaded.model_id), corpus.name, run_tokens, n_runs, dtype, nifti2)
+        if tx.adopted:
+            _check_resumable(read_export_record(tx.staging), wanted)
+            remove_partials(tx.staging)
+        load_seconds = time.perf_counter() - started
+        log.info("%d runs x %d tokens of %s; %d layers x %d neurons at %s", n_runs, run_tokens, corpus.name,
+                 grid.n_layers, grid.neurons_per_layer, site)
+        writer = ExportWriter(tx.staging, wanted)
+        bytes_written = writer.start()
+        done = [run for run in range(1, n_runs + 1) if tx.adopted and writer.run_complete(run)]
+        totals = sum((_column_sums(writer.paths.bold(run), writer.layout) for run in done),
+                     np.zeros(writer.layout.n_total))
+        todo = [run for run in range(1, n_runs + 1) if run not in done]
+
+        def write_run(run: int, acts: np.ndarray) -> int:
+            ids = runs[run - 1]
+            return writer.write_run(run, ids, token_texts(loaded.tokenizer, ids), acts)
+
+        def activations():
+            per_batch = max(1, batch_size * context // run_tokens)  # runs per group of forward passes
+            for start in range(0, len(todo), per_batch):
+                chosen = todo[start:start + per_batch]
+                windows = runs[np.array(chosen) - 1].reshape(-1, context)
+                parts = [record(loaded.model, found, site, windows[i:i + batch_size], bos, device)
+                         for i in range(0, len(windows), batch_size)]
+                acts = (parts[0] if len(parts) == 1 else np.concatenate(parts)).reshape(len(chosen), run_tokens, -1)
+                for run, run_acts in zip(chosen, acts):
+                    sums = run_acts.sum(axis=0, dtype=np.float64)  # for the mean image; non-finite iff a value is
+                    check_finite(run_acts, sums, grid.neurons_per_layer, f"run {run}")
+                    np.add(totals, sums, out=totals)
+                    yield run, run_acts
+
+        with progress_bar(n_runs, initial=len(done), unit="run", desc="export", enabled=progress) as bar:
+            for size in _in_background(write_run, activations()):
+                bytes_written += size
+                bar.update()
+        bytes_written += writer.write_mean(totals / (n_runs * run_tokens))
+        final = writer.finish()
+        tx.commit()
+    seconds = time.perf_counter() - started
+    return ExportResult(tx.out, n_runs, n_runs * run_tokens, grid.n_layers * grid.neurons_per_layer, len(done),
+                        bytes_written, seconds, load_seconds, seconds - load_seconds, writer.layout,
+                        DatasetPaths.for_record(tx.out, final), final)
+
+
+def _check_resumable(previous: ExportRecord, wanted: ExportRecord) -> None:
+    changed = previous.resume_conflicts(wanted)
+    if changed:
+        before, now = previous.to_json(), wanted.to_json()
+        detail = "; ".join(f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in changed)
+        raise MismatchError(f"cannot resume: the interrupted export used other settings ({detail})")
+
+
+def _in_background(write, jobs, depth: int = 2):
+    """Run ``write(*job)`` on one background thread while ``jobs`` computes the next job.
+
+    At most ``depth`` jobs wait to be written, which bounds memory; results
+    come back in order. Compression releases the GIL, so writing overlaps the
+    model's forward passes.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: deque[Future] = deque()
+        try:
+            for job in jobs:
+                pending.append(pool.submit(write, *job))
+                while len(pending) > depth:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _check_context(context: int, run_tokens: int, config, bos: bool) -> int:
+    if run_tokens % context:
+        raise ParameterError(f"`context` ({context}) must divide `run_tokens` ({run_tokens})")
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if limit and context + bos > limit:
+        raise ParameterError(
+            f"a context of {context} tokens exceeds the model's {limit} positions; "
+            "pass a smaller `context` that divides `run_tokens`"
+        )
+    return context
+
+
+def _column_sums(path: Path, grid: NeuronLayout) -> np.ndarray:
+    """Per-neuron sums over the volumes of an existing run (for resumed exports)."""
+    import nibabel as nib
+
+    data = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+    return data[tuple(grid.voxels.T)].sum(axis=-1, dtype=np.float64)

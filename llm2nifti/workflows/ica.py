@@ -1,0 +1,123 @@
+"""``ica``: nilearn's CanICA or DictLearning on an export, written as maps on the export's grid."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..checks import check_bool, check_path
+from ..console import log
+from ..formats.ica import is_ica_output, write_ica
+from ..ica import DEFAULTS, NeuronICA, open_runs
+from ..transaction import OutputTransaction
+
+
+@dataclass
+class IcaResult:
+    """What :func:`run_ica` found, and where it was written.
+
+    Attributes
+    ----------
+    ica : NeuronICA
+        The fitted object (``ica.estimator_`` is nilearn's).
+    seconds : float
+        Wall time of the fit (and of the writing, when ``run_ica`` wrote).
+    figures : bool
+        Whether :meth:`write` draws the figures.
+    out_dir : Path or None
+        Where the output was last written.
+    """
+
+    ica: NeuronICA
+    seconds: float
+    figures: bool = True
+    out_dir: Path | None = None
+
+    def summary(self) -> str:
+        where = f" -> {self.out_dir}" if self.out_dir else ""
+        return f"{self.ica.summary()}; {self.seconds:.1f} s in all{where}"
+
+    def write(self, out: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the output directory (see :mod:`llm2nifti.formats.ica`); returns its path.
+
+        An existing ICA output in ``out`` is replaced only with ``overwrite``,
+        and only once the new one is complete.
+        """
+        out = check_path("out", out)
+        check_bool("overwrite", overwrite)
+        with _transaction(out, overwrite) as tx:
+            self._write_into(tx)
+        return self.out_dir
+
+    def _write_into(self, tx: OutputTransaction) -> None:
+        write_ica(tx.staging, self.ica, figures=self.figures)
+        self.out_dir = tx.commit()
+
+
+def _transaction(out: Path, overwrite: bool) -> OutputTransaction:
+    return OutputTransaction(out, what="ICA output", is_output=is_ica_output, overwrite=overwrite)
+
+
+def run_ica(export_dir: str | Path, out: str | Path | None = None, *, method: str = "canica",
+            n_components: int = DEFAULTS["n_components"], runs=None, smoothing_fwhm=DEFAULTS["smoothing_fwhm"],
+            standardize=DEFAULTS["standardize"], detrend: bool = DEFAULTS["detrend"],
+            threshold=DEFAULTS["threshold"], n_init: int = DEFAULTS["n_init"], alpha: float = DEFAULTS["alpha"],
+            random_state=DEFAULTS["random_state"], n_jobs: int = DEFAULTS["n_jobs"], figures: bool = True,
+            score: bool = False, overwrite: bool = False, progress: bool = True, verbose: int = 0) -> IcaResult:
+    """Run nilearn's CanICA or DictLearning on an export, and write the results when ``out`` is given.
+
+    Parameters
+    ----------
+    export_dir : str or Path
+        An llm2nifti export.
+    out : str or Path, optional
+        Output directory (see :mod:`llm2nifti.formats.ica`); nothing is written when ``None``.
+        It is built beside ``out`` and moved into place only when complete.
+    method, n_components, smoothing_fwhm, standardize, detrend, threshold, n_init, alpha, random_state, n_jobs
+        See :class:`~llm2nifti.ica.NeuronICA`, whose module docstring says why
+        some defaults differ from nilearn's.
+    runs : str or iterable of int, optional
+        Run numbers (or ``"1,3,5-8"``) to use; default all.
+    figures : bool
+        Draw the figures into ``out/figures``.
+    score : bool
+        Also compute each component's explained variance (nilearn's ``score``; slow).
+    overwrite : bool
+        Replace an earlier ICA output in ``out``.
+    progress : bool
+        Progress messages.
+    verbose : int
+        nilearn's verbosity.
+
+    Returns
+    -------
+    IcaResult
+    """
+    started = time.perf_counter()
+    ica = NeuronICA(method, n_components, smoothing_fwhm=smoothing_fwhm, standardize=standardize, detrend=detrend,
+                    threshold=threshold, n_init=n_init, alpha=alpha, random_state=random_state, n_jobs=n_jobs,
+                    verbose=verbose)
+    for name, value in (("figures", figures), ("score", score), ("overwrite", overwrite), ("progress", progress)):
+        check_bool(name, value)
+    export = open_runs(export_dir, runs, param="export_dir")
+    ica.check_size(export)
+    if out is None:
+        return IcaResult(_fit(ica, export, score, progress), time.perf_counter() - started, figures)
+    with _transaction(check_path("out", out), overwrite) as tx:
+        result = IcaResult(_fit(ica, export, score, progress), 0.0, figures)
+        if progress:
+            log.info("writing %s", tx.out)
+        result._write_into(tx)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _fit(ica: NeuronICA, export, score: bool, progress: bool) -> NeuronICA:
+    if progress:
+        log.info("%s: %d components from %d run(s), %d tokens x %d neurons", ica.method, ica.n_components,
+                 len(export.runs), export.record.run_tokens * len(export.runs), export.layout.n_total)
+    ica.fit(export, score=score)
+    if progress:
+        log.info("fitted in %.1f s", ica.fit_seconds_)
+    return ica

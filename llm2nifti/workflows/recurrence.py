@@ -1,0 +1,114 @@
+"""``recurrence``: do the group ICA networks of an export recur in disjoint parts of its text?"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..checks import check_bool, check_path
+from ..console import log
+from ..formats.recurrence import is_recurrence_output, recurrence_tsv, write_recurrence
+from ..ica import DEFAULTS, open_runs
+from ..recurrence import IOU_THRESHOLD, Recurrence
+from ..selection import DEFAULT_THRESHOLD
+from ..transaction import OutputTransaction
+
+
+@dataclass
+class RecurrenceResult:
+    """What :func:`recurrence` found, and where it was written.
+
+    Attributes
+    ----------
+    fitted : Recurrence
+    figures : bool
+        Whether :meth:`write` draws ``recurrence.png``.
+    out_dir : Path or None
+        Where the output was last written.
+    """
+
+    fitted: Recurrence
+    figures: bool = True
+    out_dir: Path | None = None
+
+    def summary(self) -> str:
+        where = f" -> {self.out_dir}" if self.out_dir else ""
+        return self.fitted.summary() + where
+
+    def table(self) -> str:
+        """``recurrence.tsv`` as text: one row per template."""
+        return recurrence_tsv(self.fitted)
+
+    def write(self, out: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the output directory (see :mod:`llm2nifti.formats.recurrence`); returns its path.
+
+        An existing recurrence output in ``out`` is replaced only with
+        ``overwrite``, and only once the new one is complete.
+        """
+        out = check_path("out", out)
+        check_bool("overwrite", overwrite)
+        with _transaction(out, overwrite) as tx:
+            self._write_into(tx)
+        return self.out_dir
+
+    def _write_into(self, tx: OutputTransaction) -> None:
+        write_recurrence(tx.staging, self.fitted, figures=self.figures)
+        self.out_dir = tx.commit()
+
+
+def _transaction(out: Path, overwrite: bool) -> OutputTransaction:
+    return OutputTransaction(out, what="recurrence output", is_output=is_recurrence_output, overwrite=overwrite)
+
+
+def recurrence(export_dir: str | Path, out: str | Path | None = None, *, subsets=4, n_components: int = 10,
+               iou_threshold: float = IOU_THRESHOLD, z_threshold: float = DEFAULT_THRESHOLD, sign: str = "positive",
+               method: str = "canica", n_init: int = DEFAULTS["n_init"], alpha: float = DEFAULTS["alpha"],
+               standardize=DEFAULTS["standardize"], detrend: bool = DEFAULTS["detrend"],
+               smoothing_fwhm=DEFAULTS["smoothing_fwhm"], random_state=DEFAULTS["random_state"],
+               n_jobs: int = DEFAULTS["n_jobs"], figures: bool = True, overwrite: bool = False,
+               progress: bool = True) -> RecurrenceResult:
+    """Test whether the group ICA networks of an export recur in disjoint subsets of its runs.
+
+    Parameters
+    ----------
+    export_dir : str or Path
+        An llm2nifti export.
+    out : str or Path, optional
+        Output directory (see :mod:`llm2nifti.formats.recurrence`); nothing is written when ``None``.
+        It is built beside ``out`` and moved into place only when complete.
+    subsets : int or "runs"
+        Disjoint contiguous groups of runs (at least 2), or ``"runs"`` for one subset per run.
+    n_components : int
+        Components of every ICA (group and subsets).
+    iou_threshold : float
+        IoU in ``(0, 1]`` at which a subset component counts as a recurrence of a template; 0.2 in Liu et al.
+    z_threshold, sign
+        Binarization of the maps, as in ``llm2nifti import``.
+    method, n_init, alpha, standardize, detrend, smoothing_fwhm, random_state, n_jobs
+        See :class:`llm2nifti.ica.NeuronICA`.
+    figures : bool
+        Draw ``recurrence.png``.
+    overwrite : bool
+        Replace an earlier recurrence output in ``out``.
+    progress : bool
+        A progress bar over the ICAs, and progress messages.
+
+    Returns
+    -------
+    RecurrenceResult
+    """
+    estimator = Recurrence(subsets, n_components, iou_threshold=iou_threshold, z_threshold=z_threshold, sign=sign,
+                           method=method, n_init=n_init, alpha=alpha, standardize=standardize, detrend=detrend,
+                           smoothing_fwhm=smoothing_fwhm, random_state=random_state, n_jobs=n_jobs)
+    for name, value in (("figures", figures), ("overwrite", overwrite), ("progress", progress)):
+        check_bool(name, value)
+    export = open_runs(export_dir, param="export_dir")
+    estimator.check_export(export)
+    if out is None:
+        return RecurrenceResult(estimator.fit(export, progress=progress), figures)
+    with _transaction(check_path("out", out), overwrite) as tx:
+        result = RecurrenceResult(estimator.fit(export, progress=progress), figures)
+        if progress:
+            log.info("writing %s", tx.out)
+        result._write_into(tx)
+    return result
