@@ -38,8 +38,7 @@ def written(tmp_path_factory):
         result = export(out, loaded, str(text), site="mlp.hidden", layout=layout, run_tokens=48, max_runs=2,
                         progress=False)
         files.update({f"{layout}/run": result.paths.bold(1), f"{layout}/mask": result.paths.mask,
-                      f"{layout}/dseg": result.paths.dseg, f"{layout}/mean": result.paths.mean,
-                      f"{layout}/atlas": result.paths.atlas_dir / "layers.nii.gz"})
+                      f"{layout}/dseg": result.paths.dseg, f"{layout}/mean": result.paths.mean})
         ica_out = root / f"ica-{layout}"
         run_ica(out, ica_out, n_components=2, n_init=1, figures=layout == "brain")
         files[f"{layout}/components"] = ica_out / "components.nii.gz"
