@@ -95,6 +95,12 @@ def test_nibabel_reads_everything(written):
         assert header.get_xyzt_units()[0] == "mm", name
         assert np.isfinite(img.get_fdata()).all(), name
         np.testing.assert_allclose(img.affine, header.get_qform(), err_msg=name)
+        assert header["cal_min"] < header["cal_max"], name  # a display range viewers use as they open it
+        if img.ndim == 4:  # pixdim[4] has a unit (wb_command warns about a 4D image without one)
+            assert header.get_xyzt_units()[1] == "sec" and header.get_zooms()[3] > 0, name
+        key = name.removesuffix(".nii.gz")
+        want = "z score" if key.endswith("_z") else "label" if key.endswith("dseg") else "none"
+        assert header.get_intent()[0] == want, name
     grid_mask = nib.load(written["grid/mask"])
     for name in ("grid/run", "grid/components", "grid/components_z", "recurrence/templates_z"):
         img = nib.load(written[name])
