@@ -4,7 +4,8 @@ Covered: an export (grid and brain layouts: runs, mask, layer atlas, mean
 underlay), the maps of ``llm2nifti ica`` (the images ``llm2nifti import``
 reads), the templates of ``llm2nifti recurrence`` and ``llm2nifti template``,
 and the committed templates. ``nifti_tool`` (Debian ``nifti-bin``) is required
-when ``CI`` is set; ``mrinfo`` (mrtrix3) is used when installed.
+when ``CI`` is set; ``mrinfo`` (mrtrix3) and ``wb_command`` (Connectome Workbench) are used when
+installed.
 """
 
 from __future__ import annotations
@@ -142,3 +143,16 @@ def test_mrtrix_mrinfo(written):
         size_line, spacing_line = run.stdout.strip().splitlines()[:2]
         assert tuple(int(v) for v in size_line.split()) == nib.load(path).shape, name
         assert [float(v) for v in spacing_line.split()][:3] == [24.0, 24.0, 24.0], name
+
+
+def test_wb_command_reads_without_warnings(written):
+    """Connectome Workbench (Debian ``connectome-workbench``) warns about 4D images without a time unit."""
+    tool = shutil.which("wb_command")
+    if tool is None:
+        pytest.skip("Connectome Workbench is not installed (wb_command)")
+    for name, path in written.items():
+        run = subprocess.run([tool, "-file-information", str(path)], capture_output=True, text=True, timeout=120)
+        output = run.stdout + run.stderr
+        assert run.returncode == 0 and "WARNING" not in output and "ERROR" not in output, (name, output)
+        n_maps = nib.load(path).shape[3] if nib.load(path).ndim == 4 else 1
+        assert f"Number of Maps:           {n_maps}" in output, (name, output)
