@@ -39,7 +39,7 @@ def word_model():
 
     loaded = make_tiny("llama")
     loaded.tokenizer.add_tokens([AddedToken(t, normalized=False) for t in TRICKY])
-    loaded.model.resize_token_embeddings(len(loaded.tokenizer))
+    loaded.model.resize_token_embeddings(len(loaded.tokenizer), mean_resizing=False)
     return loaded
 
 
