@@ -279,7 +279,7 @@ def check_volumes(n_volumes: int, nifti2: bool):
 #: Percentiles of the in-mask values that bound the display range of a continuous image.
 DISPLAY_PERCENTILES = (2.0, 98.0)
 #: Values sampled (deterministically) to estimate a display range; a run holds millions.
-DISPLAY_SAMPLE = 1 << 18
+DISPLAY_SAMPLE = 1 << 16
 
 
 def display_range(values, kind: str = "robust") -> tuple[float, float]:
@@ -291,10 +291,11 @@ def display_range(values, kind: str = "robust") -> tuple[float, float]:
     z-maps centred on 0) or ``"label"`` (``0..max``: label images, background
     included). A constant image gets a range that contains 0 and its value.
     """
-    flat = np.asarray(values, dtype=np.float32).reshape(-1)
-    flat = flat[np.isfinite(flat)]
-    if flat.size > DISPLAY_SAMPLE:
+    flat = np.asarray(values).reshape(-1)
+    if flat.size > DISPLAY_SAMPLE:  # sample first: a full pass over a run costs more than the sample
         flat = flat[np.random.default_rng(0).integers(0, flat.size, DISPLAY_SAMPLE)]
+    flat = flat.astype(np.float32, copy=False)
+    flat = flat[np.isfinite(flat)]
     if flat.size == 0:
         return 0.0, 1.0
     if kind == "label":
