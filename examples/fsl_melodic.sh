@@ -33,7 +33,7 @@ fi
 
 FUNC=$(dirname "$(ls "$EXPORT"/sub-*/func/*_desc-brain_mask.nii.gz)")
 MASK=$(ls "$FUNC"/*_desc-brain_mask.nii.gz)
-MEAN=$(ls "$FUNC"/*_desc-mean_boldref.nii.gz)
+MEAN=$(ls "$FUNC"/*_desc-mean_sbref.nii.gz)
 ls "$FUNC"/*_run-*_bold.nii.gz > "$OUT/runs.txt"
 FIRST_SIDECAR=$(head -n 1 "$OUT/runs.txt" | sed 's/\.nii\.gz$/.json/')
 TR=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["RepetitionTime"])' "$FIRST_SIDECAR")

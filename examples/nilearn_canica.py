@@ -44,7 +44,7 @@ def main() -> None:
 
     runs = sorted(glob.glob(os.path.join(export_dir, "sub-*", "func", "*_run-*_bold.nii.gz")))
     mask = glob.glob(os.path.join(export_dir, "sub-*", "func", "*_desc-brain_mask.nii.gz"))[0]
-    underlay = glob.glob(os.path.join(export_dir, "sub-*", "func", "*_desc-mean_boldref.nii.gz"))[0]
+    underlay = glob.glob(os.path.join(export_dir, "sub-*", "func", "*_desc-mean_sbref.nii.gz"))[0]
     canica = CanICA(
         mask=mask,  # the export's mask: its voxels are exactly the neurons
         n_components=args.n_components,

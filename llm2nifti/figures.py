@@ -228,8 +228,10 @@ def _pyplot_figure(n_cuts: int):
 
 
 def find_underlay(root: str | Path):
-    """The mean-activation underlay (``*_desc-mean_boldref.nii.gz``) of an export or template, or ``None``."""
-    found = sorted(Path(root).rglob("*_desc-mean_boldref.nii*"))
+    """The mean-activation underlay (``*_desc-mean_sbref.nii.gz``) of an export or template, or ``None``."""
+    from .formats.export import UNDERLAY_GLOB
+
+    found = sorted(Path(root).rglob(UNDERLAY_GLOB))
     return found[0] if found else None
 
 

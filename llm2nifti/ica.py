@@ -144,8 +144,11 @@ def to_neuron_order(masked: np.ndarray, layout) -> np.ndarray:
 
 
 def maps_image(maps: np.ndarray, layout, descrip: str = "llm2nifti maps", intent: str | None = None):
-    """4D float32 image, one volume per row of ``maps`` (neuron-id order), on the layout's grid."""
-    img = nifti.run_image(layout, np.asarray(maps, dtype=np.float32), None, "float32", descrip)
+    """4D float32 image, one volume per row of ``maps`` (neuron-id order), on the layout's grid.
+
+    Its display range is symmetric about 0 (signed maps, z-maps).
+    """
+    img = nifti.run_image(layout, np.asarray(maps, dtype=np.float32), None, "float32", descrip, display="symmetric")
     if intent:
         img.header.set_intent(intent)
     return img

@@ -179,7 +179,7 @@ def test_planted_networks_follow_the_previous_token(planted):
     import nibabel as nib
 
     data = np.asarray(nib.load(result.paths.bold(1)).dataobj)[tuple(result.layout.voxels.T)].T  # tokens x neurons
-    events = np.loadtxt(str(result.paths.events(1)), delimiter="\t", skiprows=1, usecols=3, dtype=int)
+    events = np.loadtxt(str(result.paths.events(1)), delimiter="\t", skiprows=1, usecols=4, dtype=int)
     for c, members in truth.items():
         ids = [layer * INTERMEDIATE + n for layer, n in members]
         activity = data[:, ids]

@@ -58,7 +58,7 @@ def test_default_cli_export_on_the_bundled_model(tmp_path, smollm2):
     assert record["ModelFileSHA256"] and record["ModelConfigSHA256"] and record["Status"] == "complete"
     from llm2nifti.formats.export import DatasetPaths
 
-    paths = DatasetPaths(out_dir, "smollm2135m", "pydoctopics")
+    paths = DatasetPaths(out_dir, "smollm2135m", "pydoctopics", space="llmgrid")
     for run in (1, 8):
         ids = [int(e["token_id"]) for e in read_table(paths.events(run))]
         assert len(ids) == 512

@@ -4,7 +4,8 @@ Covered: an export (grid and brain layouts: runs, mask, layer atlas, mean
 underlay), the maps of ``llm2nifti ica`` (the images ``llm2nifti import``
 reads), the templates of ``llm2nifti recurrence`` and ``llm2nifti template``,
 and the committed templates. ``nifti_tool`` (Debian ``nifti-bin``) is required
-when ``CI`` is set; ``mrinfo`` (mrtrix3) is used when installed.
+when ``CI`` is set; ``mrinfo`` (mrtrix3) and ``wb_command`` (Connectome Workbench) are used when
+installed.
 """
 
 from __future__ import annotations
@@ -38,8 +39,7 @@ def written(tmp_path_factory):
         result = export(out, loaded, str(text), site="mlp.hidden", layout=layout, run_tokens=48, max_runs=2,
                         progress=False)
         files.update({f"{layout}/run": result.paths.bold(1), f"{layout}/mask": result.paths.mask,
-                      f"{layout}/dseg": result.paths.dseg, f"{layout}/mean": result.paths.mean,
-                      f"{layout}/atlas": result.paths.atlas_dir / "layers.nii.gz"})
+                      f"{layout}/dseg": result.paths.dseg, f"{layout}/mean": result.paths.mean})
         ica_out = root / f"ica-{layout}"
         run_ica(out, ica_out, n_components=2, n_init=1, figures=layout == "brain")
         files[f"{layout}/components"] = ica_out / "components.nii.gz"
@@ -96,6 +96,12 @@ def test_nibabel_reads_everything(written):
         assert header.get_xyzt_units()[0] == "mm", name
         assert np.isfinite(img.get_fdata()).all(), name
         np.testing.assert_allclose(img.affine, header.get_qform(), err_msg=name)
+        assert header["cal_min"] < header["cal_max"], name  # a display range viewers use as they open it
+        if img.ndim == 4:  # pixdim[4] has a unit (wb_command warns about a 4D image without one)
+            assert header.get_xyzt_units()[1] == "sec" and header.get_zooms()[3] > 0, name
+        key = name.removesuffix(".nii.gz")
+        want = "z score" if key.endswith("_z") else "label" if key.endswith("dseg") else "none"
+        assert header.get_intent()[0] == want, name
     grid_mask = nib.load(written["grid/mask"])
     for name in ("grid/run", "grid/components", "grid/components_z", "recurrence/templates_z"):
         img = nib.load(written[name])
@@ -137,3 +143,16 @@ def test_mrtrix_mrinfo(written):
         size_line, spacing_line = run.stdout.strip().splitlines()[:2]
         assert tuple(int(v) for v in size_line.split()) == nib.load(path).shape, name
         assert [float(v) for v in spacing_line.split()][:3] == [24.0, 24.0, 24.0], name
+
+
+def test_wb_command_reads_without_warnings(written):
+    """Connectome Workbench (Debian ``connectome-workbench``) warns about 4D images without a time unit."""
+    tool = shutil.which("wb_command")
+    if tool is None:
+        pytest.skip("Connectome Workbench is not installed (wb_command)")
+    for name, path in written.items():
+        run = subprocess.run([tool, "-file-information", str(path)], capture_output=True, text=True, timeout=120)
+        output = run.stdout + run.stderr
+        assert run.returncode == 0 and "WARNING" not in output and "ERROR" not in output, (name, output)
+        n_maps = nib.load(path).shape[3] if nib.load(path).ndim == 4 else 1
+        assert f"Number of Maps:           {n_maps}" in output, (name, output)

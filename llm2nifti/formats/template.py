@@ -4,12 +4,13 @@ Files of a template directory (``<label>`` is the model's BIDS label)::
 
     template.json  (written last: the completion mark)   README.md  neurons.tsv
     tpl-<label>_desc-brain_mask.nii.gz
-    tpl-<label>_desc-layers_dseg.nii.gz   tpl-<label>_desc-layers_dseg.tsv
-    tpl-<label>_desc-mean_boldref.nii.gz
-    atlas/layers.nii.gz  atlas/layers.lut  atlas/layers.xml
+    tpl-<label>_seg-layers_dseg.nii.gz    tpl-<label>_seg-layers_dseg.tsv
+    tpl-<label>_desc-mean_sbref.nii.gz
+    atlas/layers.lut  atlas/layers.xml    (FSL label atlas of the dseg image)
 
-The image, atlas and neuron-map files are byte for byte those of an export of
-the same model, site and layout (:func:`copy_static` copies them from one).
+The images, the dseg table, the lookup table and the neuron map are byte for
+byte those of an export of the same model, site and layout (:func:`copy_static`
+copies them from one); ``atlas/layers.xml`` names the template's own dseg image.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import ClassVar
 from .._version import __version__
 from ..errors import DamagedFileError, IncompleteOutputError
 from ..records import RECORD_VERSION, Grid, ModelIdentity, Provenance, check_record_type
-from ..transaction import file_operation, make_dirs, read_json, write_json, write_text
-from .atlas import ATLAS_DIR, ATLAS_IMAGE, ATLAS_LUT, ATLAS_XML
+from ..transaction import file_operation, read_json, write_json, write_text
+from .atlas import write_atlas
 from .neuron_map import FILENAME as NEURON_MAP
 from .neuron_map import layout_from_neuron_map
 from .reference import GridReference, check_mask
@@ -83,23 +84,25 @@ def file_names(label: str) -> dict[str, str]:
     prefix = f"tpl-{label}"
     return {
         "mask": f"{prefix}_desc-brain_mask.nii.gz",
-        "dseg": f"{prefix}_desc-layers_dseg.nii.gz",
-        "dseg_tsv": f"{prefix}_desc-layers_dseg.tsv",
-        "mean": f"{prefix}_desc-mean_boldref.nii.gz",
+        "dseg": f"{prefix}_seg-layers_dseg.nii.gz",
+        "dseg_tsv": f"{prefix}_seg-layers_dseg.tsv",
+        "mean": f"{prefix}_desc-mean_sbref.nii.gz",
         "neurons_tsv": NEURON_MAP,
     }
 
 
-def copy_static(export_paths, out: Path) -> list[str]:
-    """Copy the text-independent files (and the underlay) of an export into ``out``; returns their names."""
-    copies = {getattr(export_paths, role): out / name for role, name in file_names(export_paths.subject).items()}
-    make_dirs(out / ATLAS_DIR)
-    for name in (ATLAS_IMAGE, ATLAS_LUT, ATLAS_XML):
-        copies[export_paths.atlas_dir / name] = out / ATLAS_DIR / name
+def copy_static(export_paths, out: Path, layout, title: str) -> list[str]:
+    """Copy the text-independent files (and the underlay) of an export into ``out``, with an FSL atlas of its dseg.
+
+    Returns the names written, relative to ``out``.
+    """
+    names = file_names(export_paths.subject)
+    copies = {getattr(export_paths, role): out / name for role, name in names.items()}
     for source, target in copies.items():
         file_operation("create", target)
         shutil.copyfile(source, target)
-    return [target.relative_to(out).as_posix() for target in copies.values()]
+    atlas = write_atlas(out, layout, title, out / names["dseg"])
+    return [target.relative_to(out).as_posix() for target in [*copies.values(), *atlas]]
 
 
 def readme(record: dict, files) -> str:
@@ -117,7 +120,9 @@ Files:
 {listing}
 
 - the brain mask's non-zero voxels are exactly the neurons;
-- the layer atlas holds `layer + 1` at each neuron (`*_dseg.tsv`, FSL `atlas/layers.lut` and `layers.xml`);
+- the layer atlas (`*_seg-layers_dseg.nii.gz`) holds `layer + 1` at each neuron, 0 elsewhere; `*_dseg.tsv`
+  (`index name color`), the FSLeyes lookup table `atlas/layers.lut` and the FSL label atlas `atlas/layers.xml`
+  (label index = voxel value) name the values `layer 0`, `layer 1`...;
 - `neurons.tsv` maps each voxel `(i, j, k)` to `(layer, neuron)`;
 - the underlay is the mean activation over {record.get('UnderlayTokens', '?')} tokens of
   `{record.get('UnderlayCorpus', '?')}`.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..checks import check_bool, check_choice, check_int, check_path
 from ..errors import ParameterError
+from ..formats.atlas import atlas_title
 from ..formats.template import TemplateRecord, copy_static, is_template, write_finish
 from ..layout import LAYOUTS
 from ..models import DEFAULT_MODEL, LoadedModel, load_model, model_label
@@ -92,7 +93,7 @@ def make_template(model: str | LoadedModel | None = None, site: str = DEFAULT_SI
         except ParameterError as err:  # the underlay's run is this command's `tokens`
             raise ParameterError(str(err).replace("`run_tokens`", "`tokens`")) from None
         record = TemplateRecord.from_export(result.record)
-        names = copy_static(result.paths, tx.staging)
+        names = copy_static(result.paths, tx.staging, result.layout, atlas_title(record.model.model_id, site))
         remove_tree(scratch)
         names = write_finish(tx.staging, record, names)
         tx.commit()
