@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the viewer screenshots of docs/viewers.md (docs/figures/viewers_*.png): the single source of them.
 #
-#   docs/render_viewers.sh [PART ...]      PART: niivue fsleyes mricron mrview nilearn (default: all five)
+#   docs/render_viewers.sh [PART ...]   PART: niivue fsleyes fsleyes_atlas mricron mrview nilearn (default: all)
 #
 # Environment (defaults in brackets):
 #   EXPORT     an llm2nifti export [out/smollm2; made with `llm2nifti export --out out/smollm2` if missing]
@@ -17,8 +17,8 @@
 # Every viewer draws the same display ranges: the underlay's and the z-map's from `llm2nifti view` (the
 # header's cal_min/cal_max where set, else robust percentiles), voxels without interpolation. A part whose
 # viewer is not installed prints "skipped: ..." and the others still run; the exit status is 1 if a part
-# that ran failed. Needs: chromium (niivue); fsleyes, xvfb-run (fsleyes); mricron, xvfb-run, xdotool,
-# imagemagick (mricron); mrview, xvfb-run (mrview).
+# that ran failed. Needs: chromium (niivue); fsleyes, xvfb-run (fsleyes; and imagemagick for fsleyes_atlas);
+# mricron, xvfb-run, xdotool, imagemagick (mricron); mrview, xvfb-run (mrview).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's llm2nifti, also for docs/viewers_nilearn.py
@@ -31,7 +31,7 @@ BRAIN=${BRAIN-out/smollm2-brain}
 COMPONENT=${COMPONENT:-0}
 FIGURES=${FIGURES:-docs/figures}
 PARTS=("$@")
-[ ${#PARTS[@]} -gt 0 ] || PARTS=(niivue fsleyes mricron mrview nilearn)
+[ ${#PARTS[@]} -gt 0 ] || PARTS=(niivue fsleyes fsleyes_atlas mricron mrview nilearn)
 XVFB=(xvfb-run -a -s "-noreset -screen 0 1280x1024x24")
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -48,17 +48,25 @@ fi
 eval "$("$PYTHON" - "$EXPORT" "$ICA/components_z.nii.gz" "$COMPONENT" "$WORK" <<'EOF'
 import shlex, sys
 import nibabel as nib
+import numpy as np
 from nilearn.image import index_img
 from llm2nifti import view
+from llm2nifti.formats.neuron_map import read_neuron_map
 from llm2nifti.figures import find_underlay
 
 export, zmap, component, work = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 underlay, atlas, z = view(export, [zmap]).spec.volumes
 index_img(zmap, component).to_filename(f"{work}/C{component}_z.nii.gz")
 n_slices = nib.load(f"{export}/atlas/layers.nii.gz").shape[2]
+neurons = read_neuron_map(f"{export}/neurons.tsv")
+layer = min(12, int(neurons["layer"].max()))  # the neuron of layer 12 (or the last layer) nearest its centre
+rows = np.flatnonzero(neurons["layer"] == layer)
+ij = np.stack([neurons["i"][rows], neurons["j"][rows]], axis=1).astype(float)
+row = rows[np.argmin(((ij - ij.mean(axis=0)) ** 2).sum(axis=1))]
 values = {"UNDERLAY": find_underlay(export), "UMIN": f"{underlay.cal_min:.3g}", "UMAX": f"{underlay.cal_max:.3g}",
           "ZMIN": f"{z.cal_min:.3g}", "ZMAX": f"{z.cal_max:.3g}", "NLABELS": int(atlas.cal_max),
-          "NSLICES": n_slices, "ZMAP3D": f"{work}/C{component}_z.nii.gz"}
+          "NSLICES": n_slices, "ZMAP3D": f"{work}/C{component}_z.nii.gz",
+          "VOXEL": ",".join(str(int(neurons[c][row])) for c in "ijk"), "VOXEL_LAYER": layer}
 print("\n".join(f"{k}={shlex.quote(str(v))}" for k, v in values.items()))
 EOF
 )"
@@ -75,7 +83,7 @@ render_niivue() {
     browser=$(command -v chromium || command -v chromium-browser || true)
     [ -n "$browser" ] || { skip "niivue (chromium is not installed)"; return; }
     llm2nifti view "$EXPORT" --maps "$ZMAP" --out "$WORK/viewer.html" --overwrite
-    "$PYTHON" tests/headless_chromium.py "$WORK/viewer.html" "$FIGURES/viewers_niivue.png" 1100 760
+    "$PYTHON" tests/headless_chromium.py "$WORK/viewer.html" "$FIGURES/viewers_niivue.png" 1100 760 "$VOXEL"
 }
 
 render_fsleyes() {
@@ -90,6 +98,22 @@ render_fsleyes() {
         "$UNDERLAY" -dr "$UMIN" "$UMAX" -in none \
         "$ATLAS" -ot label -l "$LUT" -a 40 \
         "$ZMAP" -v "$COMPONENT" -cm red-yellow -nc blue-lightblue -un -dr "$ZMIN" "$ZMAX" -in none
+}
+
+render_fsleyes_atlas() {
+    have "$FSLEYES" && have xvfb-run && have import \
+        || { skip "fsleyes_atlas (fsleyes, xvfb-run or imagemagick is not installed)"; return; }
+    # the atlas route in the FSLeyes window: a scratch FSLDIR whose atlas folder holds only the layer atlas
+    mkdir -p "$WORK/fsl/data/atlases"
+    ln -sf "$(realpath "$EXPORT/atlas/layers.xml")" "$(realpath "$ATLAS")" "$WORK/fsl/data/atlases/"
+    FSLDIR="$WORK/fsl" LLM2NIFTI_VOXEL="$VOXEL" HOME="$WORK" xvfb-run -a -s "-noreset -screen 0 1500x1000x24" bash -c '
+        "$1" -r docs/viewers_fsleyes_atlas.py "$2" -dr "$3" "$4" -in none "$5" -ot label -l "$6" -a 40 & pid=$!
+        sleep 25
+        import -window root "$7"
+        kill $pid' _ "$FSLEYES" "$UNDERLAY" "$UMIN" "$UMAX" "$ATLAS" "$LUT" "$FIGURES/viewers_fsleyes_atlas.png" \
+        >/dev/null 2>&1 || true
+    [ -s "$FIGURES/viewers_fsleyes_atlas.png" ] || { echo "fsleyes: no window screenshot" >&2; return 1; }
+    echo "fsleyes_atlas: cursor on voxel ($VOXEL), a neuron of layer $VOXEL_LAYER"
 }
 
 render_mricron() {

@@ -5,8 +5,9 @@ started with ``--remote-debugging-pipe``: it reads NUL-terminated JSON commands
 on file descriptor 3 and writes NUL-terminated replies and events on 4. WebGL
 runs on the CPU through SwiftShader (``--use-angle=swiftshader``).
 
-As a script: ``python tests/headless_chromium.py PAGE.html SHOT.png [WIDTH HEIGHT]``
-loads a ``llm2nifti view`` page, waits until the viewer is ready and saves a
+As a script: ``python tests/headless_chromium.py PAGE.html SHOT.png [WIDTH HEIGHT [I,J,K]]``
+loads a ``llm2nifti view`` page, waits until the viewer is ready, puts the
+crosshair on voxel ``I,J,K`` (printing the layer shown) and saves a
 screenshot; console errors make it exit 1.
 """
 
@@ -197,12 +198,16 @@ def load_viewer(browser: Chromium, page: str | Path, timeout: float = 60.0) -> s
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) not in (2, 4):
-        print(__doc__.strip().splitlines()[-3], file=sys.stderr)
+    if len(argv) not in (2, 4, 5):
+        print(__doc__.strip().splitlines()[-4], file=sys.stderr)
         return 2
-    width, height = (int(argv[2]), int(argv[3])) if len(argv) == 4 else (1280, 900)
+    width, height = (int(argv[2]), int(argv[3])) if len(argv) >= 4 else (1280, 900)
     with Chromium(width, height) as browser:
         status = load_viewer(browser, argv[0])
+        if len(argv) == 5 and status == "ready":
+            i, j, k = (int(v) for v in argv[4].split(","))
+            print(browser.evaluate(f"Object.values(window.llm2niftiViewers)[0].setVoxel({i}, {j}, {k})"))
+            browser.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
         browser.screenshot(argv[1])
         for error in browser.errors:
             print(error, file=sys.stderr)

@@ -1,8 +1,9 @@
 """``docs/render_viewers.sh`` renders every viewer it finds installed; the others are skipped cleanly.
 
 CI installs chromium (the NiiVue part) and runs nilearn; FSLeyes (``FSLEYES``
-or ``fsleyes`` on the path), MRIcron (with xvfb-run, xdotool and imagemagick)
-and mrview (mrtrix3, with xvfb-run) run where they are installed.
+or ``fsleyes`` on the path; its window with the atlas panel also needs
+imagemagick), MRIcron (with xvfb-run, xdotool and imagemagick) and mrview
+(mrtrix3, with xvfb-run) run where they are installed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from llm2nifti import run_ica
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "docs" / "render_viewers.sh"
 FIGURES = {"niivue": ["viewers_niivue.png"], "fsleyes": ["viewers_fsleyes.png"],
+           "fsleyes_atlas": ["viewers_fsleyes_atlas.png"],
            "mricron": ["viewers_mricron.png"], "mrview": ["viewers_mrview.png"],
            "nilearn": ["viewers_stat_map.png", "viewers_prob_atlas.png", "viewers_layers.png"]}
 
@@ -30,8 +32,9 @@ def _installed(part: str, env: dict) -> bool:
     have = shutil.which
     if part == "niivue":
         return find_chromium() is not None
-    if part == "fsleyes":
-        return bool(have(env.get("FSLEYES", "fsleyes"))) and bool(have("xvfb-run"))
+    if part in ("fsleyes", "fsleyes_atlas"):
+        tools = ("xvfb-run", "import") if part == "fsleyes_atlas" else ("xvfb-run",)
+        return bool(have(env.get("FSLEYES", "fsleyes"))) and all(have(t) for t in tools)
     if part == "mricron":
         return all(have(p) for p in ("mricron", "xvfb-run", "xdotool", "import"))
     if part == "mrview":
