@@ -112,6 +112,26 @@ def test_refusals_are_one_line_errors(tiny_export, tmp_path):
     assert "<!DOCTYPE html>" in (tmp_path / "x.html").read_text()
 
 
+@pytest.mark.parametrize("err", ["EROFS", "ENOSPC"])
+def test_disk_faults_leave_no_page_and_one_error_line(err, tiny_export, tmp_path, monkeypatch):
+    import errno
+
+    from llm2nifti import transaction
+
+    out = tmp_path / "page.html"
+    out.write_text("old page")
+    number = getattr(errno, err)
+
+    def hook(kind, path):
+        if Path(path).parent == tmp_path:
+            raise OSError(number, os.strerror(number), str(path))
+
+    monkeypatch.setattr(transaction, "fault_hook", hook)
+    code, output = _run(tiny_export, "--out", out, "--overwrite", "--quiet")
+    assert code == 1 and output.count("\n") == 1 and os.strerror(number) in output, output
+    assert out.read_text() == "old page" and sorted(p.name for p in tmp_path.iterdir()) == ["page.html"]
+
+
 def test_fragment_embeds_twice_with_distinct_ids():
     result = view(TEMPLATE)
     first = result.fragment(element_id="a1")
@@ -171,3 +191,17 @@ def test_page_renders_in_chromium(what, page, browser, tiny_export, tmp_path):
     for (lo, hi), volume in zip(ranges, spec.volumes):
         assert (lo, hi) == pytest.approx((volume.cal_min, volume.cal_max), rel=1e-5)
     assert browser.errors == [], browser.errors
+
+
+def test_the_browser_check_sees_a_broken_page(browser, tmp_path):
+    """The harness itself: a page whose image is not NIfTI must fail loudly (status and console error)."""
+    good = view(TEMPLATE).spec
+    broken = viewer.ViewerSpec(good.title, (viewer.ViewerVolume("junk", "underlay", b"not a nifti", 0.0, 1.0),),
+                               good.labels, good.mosaic)
+    path = tmp_path / "broken.html"
+    viewer.write_page(path, viewer.page(broken))
+    browser.errors.clear()
+    status = load_viewer(browser, path)
+    assert status.startswith("error"), status
+    assert browser.errors, browser.messages
+    browser.errors.clear()

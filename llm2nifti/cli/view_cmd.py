@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..workflows.view import view
-from . import main
+from . import main, quiet_option
 
 EPILOG = """\b
 Examples:
@@ -24,7 +24,8 @@ Examples:
               help="The HTML page to write (one self-contained file; opens offline).")
 @click.option("--title", default=None, help="Page title (default: the model and site).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
-def view_command(export_dir, maps, out, title, overwrite):
+@quiet_option
+def view_command(export_dir, maps, out, title, overwrite, quiet):
     """Write one HTML page that shows an export or template in NiiVue.
 
     EXPORT_DIR is an export or a template. The page shows its underlay, the
@@ -32,5 +33,5 @@ def view_command(export_dir, maps, out, title, overwrite):
     with display ranges from cal_min/cal_max or robust percentiles and no
     interpolation. NiiVue and the images are embedded: no network is needed.
     """
-    result = view(export_dir, maps, title=title, out=out, overwrite=overwrite)
+    result = view(export_dir, maps, title=title, out=out, overwrite=overwrite, progress=not quiet)
     click.echo(result.summary())
