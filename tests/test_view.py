@@ -87,6 +87,12 @@ def test_display_ranges_are_robust_percentiles_or_the_header(tiny_export, ica_di
     nib.save(nib.Nifti1Image(data.astype(np.float32), z.affine, z.header), custom)
     maps = view(tiny_export, [custom]).spec.volumes[2]
     assert (maps.cal_min, maps.cal_max) == (2.5, 7.0)
+    # a symmetric header range of a signed map keeps its end; the threshold stays the robust one
+    z.header["cal_min"], z.header["cal_max"] = -6.0, 5.0
+    nib.save(nib.Nifti1Image(data.astype(np.float32), z.affine, z.header), custom)
+    maps = view(tiny_export, [custom]).spec.volumes[2]
+    threshold = np.percentile(np.abs(data[inside]), viewer.MAP_PERCENTILES[0])
+    assert (maps.cal_min, maps.cal_max) == (pytest.approx(threshold), 6.0)
 
 
 def test_refusals_are_one_line_errors(tiny_export, tmp_path):

@@ -137,7 +137,8 @@ def map_display(data: np.ndarray, inside: np.ndarray, header=None) -> dict:
     colour. A map with negative values is drawn on both sides (``warm`` above
     ``cal_min``, ``winter`` below ``-cal_min``). The range is the header's
     where it sets one, else the 95th and 99.5th percentiles of ``|value|`` in
-    the mask (about 2 and 3 for a z-scored map).
+    the mask (about 2 and 3 for a z-scored map); a header range of a signed map
+    that spans zero (``-6 .. 6``) keeps its end and takes the robust threshold.
     """
     values = np.asarray(data)[inside] if np.asarray(data).ndim == 3 else np.asarray(data)[inside, :]
     values = values[np.isfinite(values)]
@@ -145,7 +146,10 @@ def map_display(data: np.ndarray, inside: np.ndarray, header=None) -> dict:
         top = float(values.max()) or 1.0
         return {"colormap": "red", "colormap_negative": "", "cal_min": top / 2, "cal_max": top, "opacity": 0.8}
     signed = bool(values.size and values.min() < 0)
-    lo, hi = header_range(header) or robust_range(np.abs(values), *MAP_PERCENTILES)
+    robust = robust_range(np.abs(values), *MAP_PERCENTILES)
+    lo, hi = header_range(header) or robust
+    if signed and lo < 0:  # a header range spanning zero: colour |value| from the robust threshold to its end
+        lo, hi = robust[0], max(-lo, hi)
     return {"colormap": "warm", "colormap_negative": "winter" if signed else "", "cal_min": lo, "cal_max": hi,
             "opacity": 1.0}
 
