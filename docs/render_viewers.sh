@@ -51,13 +51,14 @@ import nibabel as nib
 import numpy as np
 from nilearn.image import index_img
 from llm2nifti import view
-from llm2nifti.formats.neuron_map import read_neuron_map
 from llm2nifti.figures import find_underlay
+from llm2nifti.formats.neuron_map import read_neuron_map
+from llm2nifti.formats.viewer import layer_atlas
 
 export, zmap, component, work = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 underlay, atlas, z = view(export, [zmap]).spec.volumes
 index_img(zmap, component).to_filename(f"{work}/C{component}_z.nii.gz")
-n_slices = nib.load(f"{export}/atlas/layers.nii.gz").shape[2]
+n_slices = nib.load(find_underlay(export)).shape[2]
 neurons = read_neuron_map(f"{export}/neurons.tsv")
 layer = min(12, int(neurons["layer"].max()))  # the neuron of layer 12 (or the last layer) nearest its centre
 rows = np.flatnonzero(neurons["layer"] == layer)
@@ -65,12 +66,11 @@ ij = np.stack([neurons["i"][rows], neurons["j"][rows]], axis=1).astype(float)
 row = rows[np.argmin(((ij - ij.mean(axis=0)) ** 2).sum(axis=1))]
 values = {"UNDERLAY": find_underlay(export), "UMIN": f"{underlay.cal_min:.3g}", "UMAX": f"{underlay.cal_max:.3g}",
           "ZMIN": f"{z.cal_min:.3g}", "ZMAX": f"{z.cal_max:.3g}", "NLABELS": int(atlas.cal_max),
-          "NSLICES": n_slices, "ZMAP3D": f"{work}/C{component}_z.nii.gz",
+          "NSLICES": n_slices, "ATLAS": layer_atlas(export)[0], "ZMAP3D": f"{work}/C{component}_z.nii.gz",
           "VOXEL": ",".join(str(int(neurons[c][row])) for c in "ijk"), "VOXEL_LAYER": layer}
 print("\n".join(f"{k}={shlex.quote(str(v))}" for k, v in values.items()))
 EOF
 )"
-ATLAS="$EXPORT/atlas/layers.nii.gz"
 LUT="$EXPORT/atlas/layers.lut"
 ZMAP="$ICA/components_z.nii.gz"
 echo "underlay $UNDERLAY: range $UMIN .. $UMAX; $ZMAP: |z| $ZMIN .. $ZMAX; $NSLICES slices, $NLABELS layers"
@@ -103,10 +103,11 @@ render_fsleyes() {
 render_fsleyes_atlas() {
     have "$FSLEYES" && have xvfb-run && have import \
         || { skip "fsleyes_atlas (fsleyes, xvfb-run or imagemagick is not installed)"; return; }
-    # the atlas route in the FSLeyes window: a scratch FSLDIR whose atlas folder holds only the layer atlas
-    mkdir -p "$WORK/fsl/data/atlases"
-    ln -sf "$(realpath "$EXPORT/atlas/layers.xml")" "$(realpath "$ATLAS")" "$WORK/fsl/data/atlases/"
-    FSLDIR="$WORK/fsl" LLM2NIFTI_VOXEL="$VOXEL" HOME="$WORK" xvfb-run -a -s "-noreset -screen 0 1500x1000x24" bash -c '
+    # the atlas route in the FSLeyes window; a scratch HOME keeps the added atlas out of the user's settings,
+    # and an empty FSLDIR keeps FSLeyes from asking for one
+    mkdir -p "$WORK/fsl"
+    FSLDIR="$WORK/fsl" HOME="$WORK" LLM2NIFTI_VOXEL="$VOXEL" \
+        LLM2NIFTI_ATLAS_XML="$(realpath "$EXPORT/atlas/layers.xml")" xvfb-run -a -s "-noreset -screen 0 1500x1000x24" bash -c '
         "$1" -r docs/viewers_fsleyes_atlas.py "$2" -dr "$3" "$4" -in none "$5" -ot label -l "$6" -a 40 & pid=$!
         sleep 25
         import -window root "$7"

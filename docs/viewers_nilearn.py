@@ -12,6 +12,7 @@ from nilearn.image import index_img, math_img
 from llm2nifti import view
 from llm2nifti.figures import find_underlay, plot_component_stat_map, plot_components_atlas
 from llm2nifti.formats.neuron_map import layout_from_neuron_map
+from llm2nifti.formats.viewer import layer_atlas
 
 
 def underlay_in_range(export):
@@ -32,11 +33,12 @@ def main(export, ica, component, figures, brain=None):
     plot_components_atlas(z, underlay, layout, threshold=2.0, path=figures / "viewers_prob_atlas.png")
     # the layer atlas, one cut every five layers (layer k is at z = 24 k mm on the grid layout)
     cuts = [float(layout.affine[2, 2] * k + layout.affine[2, 3]) for k in range(0, layout.n_layers, 5)]
-    plotting.plot_roi(f"{export}/atlas/layers.nii.gz", bg_img=underlay, display_mode="z", cut_coords=cuts,
+    atlas = str(layer_atlas(export)[0])  # the label image atlas/layers.xml names: value = layer + 1
+    plotting.plot_roi(atlas, bg_img=underlay, display_mode="z", cut_coords=cuts,
                       cmap="turbo", draw_cross=False, annotate=False,
                       output_file=str(figures / "viewers_layers.png"))
     if brain:  # the brain layout: the same neurons in a synthetic head, layers from bottom (0) to top
-        plotting.plot_roi(f"{brain}/atlas/layers.nii.gz", bg_img=underlay_in_range(brain), display_mode="ortho",
+        plotting.plot_roi(str(layer_atlas(brain)[0]), bg_img=underlay_in_range(brain), display_mode="ortho",
                           cmap="turbo", draw_cross=False, output_file=str(figures / "viewers_brain_layout.png"))
 
 

@@ -22,7 +22,9 @@ from headless_chromium import Chromium, find_chromium, load_viewer
 
 from llm2nifti import import_components, run_ica, view
 from llm2nifti.cli import main
+from llm2nifti.figures import find_underlay
 from llm2nifti.formats import viewer
+from llm2nifti.formats.export import open_export
 from llm2nifti.formats.neuron_map import read_neuron_map
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "smollm2-135m" / "mlp.out"
@@ -69,8 +71,8 @@ def test_display_ranges_are_robust_percentiles_or_the_header(tiny_export, ica_di
     result = view(tiny_export, [ica_dir / "components_z.nii.gz"])
     underlay, _, maps = result.spec.volumes
     data = nib.load(ica_dir / "components_z.nii.gz").get_fdata()
-    inside = nib.load(next(tiny_export.rglob("*_desc-brain_mask.nii.gz"))).get_fdata() != 0
-    mean = nib.load(next(tiny_export.rglob("*_desc-mean_boldref.nii.gz")))
+    inside = nib.load(open_export(tiny_export).paths.mask).get_fdata() != 0
+    mean = nib.load(find_underlay(tiny_export))
     if viewer.header_range(mean.header) is None:
         expected = np.percentile(mean.get_fdata()[inside], viewer.UNDERLAY_PERCENTILES)
         assert (underlay.cal_min, underlay.cal_max) == pytest.approx(tuple(expected))
@@ -99,8 +101,7 @@ def test_refusals_are_one_line_errors(tiny_export, tmp_path):
     code, output = _run(tmp_path, "--out", tmp_path / "x.html")
     assert code == 1 and output.count("\n") == 1 and "not an llm2nifti export or template" in output
     assert "EXPORT_DIR" in output
-    mask = next(tiny_export.rglob("*_desc-brain_mask.nii.gz"))
-    img = nib.load(mask)
+    img = nib.load(open_export(tiny_export).paths.mask)
     shifted = tmp_path / "shifted.nii.gz"
     affine = img.affine.copy()
     affine[0, 3] += 10
@@ -136,6 +137,21 @@ def test_disk_faults_leave_no_page_and_one_error_line(err, tiny_export, tmp_path
     code, output = _run(tiny_export, "--out", out, "--overwrite", "--quiet")
     assert code == 1 and output.count("\n") == 1 and os.strerror(number) in output, output
     assert out.read_text() == "old page" and sorted(p.name for p in tmp_path.iterdir()) == ["page.html"]
+
+
+def test_layer_atlas_is_the_image_the_fsl_xml_names(tmp_path):
+    import shutil
+
+    image, labels = viewer.layer_atlas(TEMPLATE)
+    assert image.is_file() and labels[1][0] == "layer 0" and len(labels) == 30
+    copy = tmp_path / "tpl"
+    shutil.copytree(TEMPLATE, copy)
+    xml = copy / "atlas" / "layers.xml"
+    xml.write_text(xml.read_text().replace("<imagefile>", "<imagefile>/missing"))
+    with pytest.raises(ValueError, match="does not exist"):
+        viewer.layer_atlas(copy)
+    code, output = _run(copy, "--out", tmp_path / "x.html")
+    assert code == 1 and output.count("\n") == 1 and "layers.xml" in output, output
 
 
 def test_fragment_embeds_twice_with_distinct_ids():

@@ -41,24 +41,6 @@ def fsl_lut(n_layers: int) -> str:
     )
 
 
-def read_lut(path) -> dict:
-    """An FSLeyes lookup table (``value r g b name`` lines) as ``{value: (name, (r, g, b))}``."""
-    from ..errors import DamagedFileError
-    from ..transaction import read_input
-
-    labels = {}
-    for number, line in enumerate(read_input(path, "lookup table").decode("utf-8", errors="replace").splitlines(), 1):
-        fields = line.split(maxsplit=4)
-        if not fields or line.startswith("#"):
-            continue
-        try:
-            labels[int(fields[0])] = (fields[4] if len(fields) > 4 else fields[0],
-                                      tuple(float(c) for c in fields[1:4]))
-        except (ValueError, IndexError):
-            raise DamagedFileError(f"{path}: line {number} is not 'value r g b name'") from None
-    return labels
-
-
 def fsl_atlas_xml(name: str, image_stem: str, centres: np.ndarray) -> str:
     """FSL atlas description; label ``index`` is value - 1 and x/y/z are voxel centres."""
     labels = "\n".join(

@@ -4,9 +4,10 @@ The page (or the fragment a report embeds) holds everything it needs: the
 NiiVue library bundled with llm2nifti (``llm2nifti/data/niivue``, BSD-2), and
 every image as base64 ``.nii.gz``. Opening it needs no network and no server.
 
-What it shows, bottom to top: the underlay (grey), the layer atlas (the colours
-and names of ``atlas/layers.lut``, the layer under the cursor named below the
-canvas) and the maps, each with its display range. Voxels are drawn with
+What it shows, bottom to top: the underlay (grey), the layer atlas (the image
+``atlas/layers.xml`` names, in the colours and with the names of
+``atlas/layers.lut``; the layer under the cursor is named below the canvas) and
+the maps, each with its display range. Voxels are drawn with
 nearest-neighbour interpolation (one neuron, one square).
 
 For tests and reports the page exposes ``window.llm2niftiViewers[id]`` with
@@ -29,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ParameterError
-from ..transaction import write_text
+from ..errors import DamagedFileError, ParameterError
+from ..transaction import read_input, write_text
+from .atlas import ATLAS_DIR, ATLAS_LUT, ATLAS_XML
 
 NIIVUE_VERSION = "0.69.0"
 #: Percentiles of the in-mask values that bound an underlay without a display range in its header.
@@ -95,6 +97,46 @@ class ViewerSpec:
     labels: dict = field(default_factory=dict)
     mosaic: str = ""
     notes: tuple = ()
+
+
+def read_lut(path) -> dict:
+    """An FSLeyes lookup table (``value r g b name`` lines) as ``{value: (name, (r, g, b))}``."""
+    labels = {}
+    for number, line in enumerate(read_input(path, "lookup table").decode("utf-8", errors="replace").splitlines(), 1):
+        fields = line.split(maxsplit=4)
+        if not fields or line.startswith("#"):
+            continue
+        try:
+            labels[int(fields[0])] = (fields[4] if len(fields) > 4 else fields[0],
+                                      tuple(float(c) for c in fields[1:4]))
+        except (ValueError, IndexError):
+            raise DamagedFileError(f"{path}: line {number} is not 'value r g b name'") from None
+    return labels
+
+
+def layer_atlas(root) -> tuple[Path, dict]:
+    """The layer atlas of an export or template: its label image and ``{value: (name, rgb)}``.
+
+    The image is the one ``atlas/layers.xml`` names (FSL's ``<imagefile>``, a path
+    relative to the XML without extension); the names and colours are those of
+    ``atlas/layers.lut``, which FSLeyes uses too.
+    """
+    from xml.etree import ElementTree
+
+    directory = Path(root) / ATLAS_DIR
+    xml = directory / ATLAS_XML
+    try:
+        stem = ElementTree.fromstring(read_input(xml, "FSL atlas description")).findtext("header/images/imagefile")
+    except ElementTree.ParseError as err:
+        raise DamagedFileError(f"{xml}: not an FSL atlas description ({err})") from None
+    if not stem:
+        raise DamagedFileError(f"{xml}: names no <imagefile>")
+    base = directory / stem.strip().lstrip("/")
+    image = next((p for p in (base.with_name(base.name + ".nii.gz"), base.with_name(base.name + ".nii"))
+                  if p.is_file()), None)
+    if image is None:
+        raise DamagedFileError(f"{xml}: its image {base}.nii.gz does not exist")
+    return image.resolve(), read_lut(directory / ATLAS_LUT)
 
 
 def niivue_library() -> str:

@@ -21,7 +21,7 @@ import numpy as np
 from ..checks import check_bool, check_path, check_str
 from ..errors import MismatchError, OutputExistsError, ParameterError
 from ..formats import viewer
-from ..formats.atlas import ATLAS_DIR, ATLAS_IMAGE, ATLAS_LUT, read_lut
+from ..formats.atlas import ATLAS_DIR, ATLAS_LUT
 from ..formats.nifti import load_image, volume_image
 from ..formats.reference import GridReference, open_reference
 from ..formats.selection import is_import, read_mask
@@ -101,15 +101,14 @@ def _base_volumes(reference: GridReference, inside: np.ndarray) -> tuple[list, d
                                  "2nd-98th percentiles of the neurons' values"))
     else:
         notes.append("no underlay found: the layer atlas is drawn alone")
-    atlas_dir = reference.root / ATLAS_DIR
-    labels = read_lut(atlas_dir / ATLAS_LUT)
-    atlas = atlas_dir / ATLAS_IMAGE
+    atlas, labels = viewer.layer_atlas(reference.root)
     image = load_image(atlas, what="layer atlas", param="export_dir")
     check_geometry(image.data.shape, image.affine, reference, what=f"layer atlas {atlas}", use="keep the atlas")
     top = max(labels) if labels else 1
     volumes.append(viewer.ViewerVolume("layers", "atlas", _gzipped(atlas), 0.0, float(top),
                                        colormap="gray", opacity=viewer.ATLAS_OPACITY))
-    notes.append(f"layers: {len(labels)} labels from {ATLAS_DIR}/{ATLAS_LUT}, opacity {viewer.ATLAS_OPACITY:g}")
+    notes.append(f"layers: {atlas.name}, {len(labels)} names and colours from {ATLAS_DIR}/{ATLAS_LUT}, "
+                 f"opacity {viewer.ATLAS_OPACITY:g}")
     return volumes, labels, notes
 
 
