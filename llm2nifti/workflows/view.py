@@ -147,10 +147,14 @@ def _map_volume(path: Path, reference: GridReference, inside: np.ndarray):
         nii_gz, name = _gzipped(path), path.name.removesuffix(".gz").removesuffix(".nii")
     display = viewer.map_display(data, inside, header)
     volume = viewer.ViewerVolume(name, "map", nii_gz, frame_names=frames, **display)
-    how = ("one colour for the selected neurons" if display["colormap"] == "red" else
-           "95th and 99.5th percentiles of |value| in the neurons")
-    return volume, _range_note(name, display["cal_min"], display["cal_max"],
-                               header is not None and viewer.header_range(header) is not None, how)
+    stored = viewer.header_range(header) if header is not None else None
+    if display["colormap"] == "red":
+        how = "one colour for the selected neurons"
+    elif stored is not None and stored[0] < 0:  # a range spanning zero: its end, and the robust threshold
+        how, stored = "threshold: 95th percentile of |value| in the neurons; end: the header's cal_min/cal_max", None
+    else:
+        how = "95th and 99.5th percentiles of |value| in the neurons"
+    return volume, _range_note(name, display["cal_min"], display["cal_max"], stored is not None, how)
 
 
 def view(export_dir, maps=(), *, title: str | None = None, out=None, overwrite: bool = False,
