@@ -5,7 +5,8 @@ export: it only globs file names and calls nilearn, exactly as on fMRI
 (the export's brain mask as the mask, nilearn's default 6 mm smoothing, which
 is the identity at 24 mm voxels).
 
-Run (about a minute on 2 CPU cores; sizes are small by default)::
+Run (a few minutes on 2 CPU cores: 2 to 6 minutes measured, depending on other load; sizes are
+small by default)::
 
     python examples/nilearn_canica.py
     python examples/nilearn_canica.py --runs 8 --run-tokens 512 --n-components 20 --out out/canica-full

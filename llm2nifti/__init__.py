@@ -6,7 +6,8 @@ component maps back to neurons, and test those neurons with masking hooks.
 
 Every command of the ``llm2nifti`` program has one Python twin here with the
 same parameter names: :func:`export`, :func:`import_components`,
-:func:`run_ica`, :func:`recurrence`, :func:`mask_eval`, :func:`make_template`.
+:func:`run_ica`, :func:`recurrence`, :func:`mask_eval`, :func:`make_template`,
+:func:`view`.
 """
 
 from ._version import __version__
@@ -25,6 +26,7 @@ from .workflows.importing import import_components
 from .workflows.mask_eval import mask_eval
 from .workflows.recurrence import recurrence
 from .workflows.template import make_template
+from .workflows.view import ViewResult, view
 
 __all__ = [
     "ExportResult",
@@ -35,6 +37,7 @@ __all__ = [
     "NeuronLayout",
     "Recurrence",
     "UserError",
+    "ViewResult",
     "__version__",
     "apply_mask",
     "export",
@@ -48,4 +51,5 @@ __all__ = [
     "recurrence",
     "run_ica",
     "site_hooks",
+    "view",
 ]

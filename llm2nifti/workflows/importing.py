@@ -46,19 +46,20 @@ def _describe_grid(shape, affine) -> str:
     return f"{tuple(int(s) for s in shape)} @ {size} mm"
 
 
-def check_geometry(shape, affine, reference: GridReference) -> None:
-    """Raise unless an image's spatial shape and affine are the reference's own."""
+def check_geometry(shape, affine, reference: GridReference, *, what: str = "component image",
+                   use: str = "import images") -> None:
+    """Raise unless an image's spatial shape and affine are the reference's own (``what`` and ``use`` word it)."""
     same_shape = tuple(shape[:3]) == tuple(reference.shape)
     same_affine = np.allclose(affine, reference.affine, rtol=0, atol=AFFINE_ATOL_MM)
     if same_shape and same_affine:
         return
     mine, theirs = _describe_grid(shape[:3], affine), _describe_grid(reference.shape, reference.affine)
     if mine == theirs:  # same shape and voxel size: the origin or orientation differs
-        mine += f" with origin {tuple(np.round(np.asarray(affine)[:3, 3], 3))}"
-        theirs += f" with origin {tuple(np.round(reference.affine[:3, 3], 3))}"
+        mine += f" with origin {tuple(round(float(x), 3) for x in np.asarray(affine)[:3, 3])}"
+        theirs += f" with origin {tuple(round(float(x), 3) for x in reference.affine[:3, 3])}"
     raise MismatchError(
-        f"component image grid {mine} does not match the {reference.kind}'s {theirs}; "
-        f"import images on the {reference.kind}'s own grid (do not resample)"
+        f"{what} grid {mine} does not match the {reference.kind}'s {theirs}; "
+        f"{use} on the {reference.kind}'s own grid (do not resample)"
     )
 
 
