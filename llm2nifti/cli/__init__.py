@@ -178,3 +178,4 @@ from . import recurrence_cmd  # noqa: E402,F401  # isort: skip
 from . import template_cmd  # noqa: E402,F401  # isort: skip
 
 from . import import_cmd, mask_eval_cmd  # noqa: E402,F401  # isort: skip
+from . import glm_cmd  # noqa: E402,F401  # isort: skip

@@ -130,6 +130,20 @@ EVENTS_SIDECAR = {
                              r'double quote); n/a if empty'},
     "token_id": {"Description": "Token id in the model's vocabulary"},
 }
+#: Descriptions of the columns appended after ``token_id`` (see :mod:`llm2nifti.features`).
+FEATURE_SIDECAR = {
+    "trial_type": {"Description": "Condition of the token for a GLM design: a copy of the feature named in "
+                                  "TrialTypeColumn (n/a: no condition)"},
+    "char_class": {"Description": "Characters of the token, leading whitespace set aside",
+                   "Levels": {"letter": "letters only", "digit": "decimal digits only",
+                              "punctuation": "other printable characters only", "whitespace": "whitespace only",
+                              "mixed": "more than one class"}},
+    "capitalised": {"Description": "First non-space character is an upper-case letter (yes/no)"},
+    "keyword": {"Description": "The stripped token is a Python keyword (yes/no)"},
+    "word_start": {"Description": "The token starts a word (yes/no)"},
+    "sentence_position": {"Description": "0-based position of the token in its sentence"},
+    "label": {"Description": "User annotation aligned to the token (n/a: none); see AnnotationsSource"},
+}
 
 
 def description(record: ExportRecord) -> dict:
@@ -186,14 +200,26 @@ def _tsv_cell(text: str) -> str:
     return text.translate(_TSV_ESCAPES) or "n/a"
 
 
-def events_tsv(token_ids, token_texts, tr: float = REPETITION_TIME) -> str:
-    """``onset duration token token_id``: one row per volume (token)."""
-    rows = ["onset\tduration\ttoken\ttoken_id"]
+def events_tsv(token_ids, token_texts, tr: float = REPETITION_TIME, extra: dict | None = None) -> str:
+    """``onset duration token token_id``, then the ``extra`` columns in order: one row per volume (token)."""
+    extra = extra or {}
+    rows = ["\t".join(["onset", "duration", "token", "token_id", *extra])]
     rows += [
-        f"{t * tr:g}\t{tr:g}\t{_tsv_cell(text)}\t{int(tid)}"
+        "\t".join([f"{t * tr:g}", f"{tr:g}", _tsv_cell(text), str(int(tid)),
+                   *(_tsv_cell(str(column[t])) for column in extra.values())])
         for t, (tid, text) in enumerate(zip(token_ids, token_texts))
     ]
     return "\n".join(rows) + "\n"
+
+
+def event_columns(token_texts, trial_type: str, labels=None) -> dict:
+    """``trial_type``, the built-in features and (with ``labels``) ``label``: the columns after ``token_id``."""
+    from ..features import LABEL, token_features
+
+    columns = token_features(token_texts)
+    if labels is not None:
+        columns[LABEL] = list(labels)
+    return {"trial_type": columns[trial_type], **columns}
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -205,8 +231,11 @@ class ExportWriter:
     marks: ``export.json`` with Status complete, then ``dataset_description.json``.
     """
 
-    def __init__(self, root: Path, record: ExportRecord):
+    def __init__(self, root: Path, record: ExportRecord, *, trial_type: str = "char_class",
+                 annotations: str | None = None):
         self.record = record
+        self.trial_type = trial_type
+        self.annotations = annotations
         self.paths = DatasetPaths.for_record(root, record)
         self.layout = record.grid.neuron_layout()
 
@@ -231,20 +260,26 @@ class ExportWriter:
                                                 f"{self.record.grid.site}")
         write_neuron_map(layout, paths.neurons_tsv)
         write_text(paths.root / ".bidsignore", "\n".join(BIDSIGNORE) + "\n")
-        write_json(paths.events_json, EVENTS_SIDECAR)
+        columns = {k: v for k, v in FEATURE_SIDECAR.items() if k != "label" or self.annotations}
+        write_json(paths.events_json, {**EVENTS_SIDECAR, **columns, "TrialTypeColumn": self.trial_type,
+                                       "AnnotationsSource": self.annotations})
         files = [paths.mask, paths.dseg, paths.dseg_tsv, paths.neurons_tsv, *atlas]
         return sum(p.stat().st_size for p in files)
 
     def run_complete(self, run: int) -> bool:
         return all(p.exists() for p in self.paths.run_files(run))
 
-    def write_run(self, run: int, token_ids, token_texts, activations: np.ndarray) -> int:
-        """Sidecar, events and 4D image of one run (image last); returns bytes written."""
+    def write_run(self, run: int, token_ids, token_texts, activations: np.ndarray, labels=None) -> int:
+        """Sidecar, events and 4D image of one run (image last); returns bytes written.
+
+        ``labels`` (one per token) fill the ``label`` column of the events.
+        """
         from .nifti import run_image, save
 
         record = self.record
         write_json(self.paths.sidecar(run), run_sidecar(record, run))
-        write_text(self.paths.events(run), events_tsv(token_ids, token_texts))
+        extra = event_columns(token_texts, self.trial_type, labels)
+        write_text(self.paths.events(run), events_tsv(token_ids, token_texts, extra=extra))
         img = run_image(self.layout, activations, REPETITION_TIME, record.dtype,
                         f"llm2nifti {record.grid.site} {record.subject}", record.nifti2)
         save(img, self.paths.bold(run))
