@@ -77,7 +77,7 @@ def read_events(path, column: str = "trial_type"):
     import pandas as pd
 
     rows = read_tsv(path, ("onset", "duration", column), what="events table",
-                    hint=f" (choose another `trial_type` column; export with `export:trial_type`)")
+                    hint=" (choose another `trial_type` column; export with `export:trial_type`)")
     kept = [r for r in rows if r[column] not in ("n/a", "")]
     return pd.DataFrame({"onset": [float(r["onset"]) for r in kept],
                          "duration": [float(r["duration"]) for r in kept],

@@ -14,8 +14,8 @@ from ..checks import check_bool, check_choice, check_int, check_path, check_str
 from ..console import log, progress_bar
 from ..devices import check_device
 from ..errors import MismatchError, ParameterError
-from ..formats.export import DatasetPaths, ExportWriter, is_export, read_export_record, worth_resuming
 from ..features import DEFAULT_TRIAL_TYPE, check_trial_type, read_annotations
+from ..formats.export import DatasetPaths, ExportWriter, is_export, read_export_record, worth_resuming
 from ..formats.nifti import DTYPES, check_volumes
 from ..layout import LAYOUTS, VOXEL_SIZE_MM, NeuronLayout
 from ..models import DEFAULT_MODEL, LoadedModel, load_model, model_label
