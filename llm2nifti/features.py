@@ -121,9 +121,9 @@ class Annotations:
     tokens: dict
     spans: list
 
-    def labels(self, token_texts, offset: int = 0, char_offset: int = 0) -> list[str]:
+    def labels(self, token_texts, offset: int = 0, char_offset: int = 0, text: str | None = None) -> list[str]:
         """Labels of consecutive tokens starting at token ``offset`` and character ``char_offset``."""
-        return align_annotations(self, token_texts, offset, char_offset)
+        return align_annotations(self, token_texts, offset, char_offset, text)
 
 
 def _label(value, where: str) -> str:
@@ -190,20 +190,33 @@ def read_annotations(path) -> Annotations:
     return Annotations(str(path), tokens, sorted(spans))
 
 
-def align_annotations(annotations: Annotations, token_texts, offset: int = 0, char_offset: int = 0) -> list[str]:
+def align_annotations(annotations: Annotations, token_texts, offset: int = 0, char_offset: int = 0,
+                      text: str | None = None) -> list[str]:
     """One label per token (``n/a`` where none): token rows by index, spans by the token's first non-space
-    character (its first character when it is all whitespace)."""
+    character (its first character when it is all whitespace).
+
+    Character positions are the running sum of the tokens' lengths from
+    ``char_offset``; with ``text`` (the text the tokens came from) each token is
+    also looked up in it just ahead of that position, so tokenizers whose
+    decoded tokens do not add up to the text exactly (dropped spaces, partial
+    UTF-8 bytes) stay aligned.
+    """
     import bisect
 
     starts = [s[0] for s in annotations.spans]
     labels, position = [], char_offset
-    for index, text in enumerate(token_texts, offset):
+    for index, token in enumerate(token_texts, offset):
+        core = token.strip()
+        anchor = position + (len(token) - len(token.lstrip()) if core else 0)
+        if text is not None and core:
+            found = text.find(core, position, position + len(token) + 64)
+            if found >= 0:
+                anchor, position = found, found + len(core) - len(token)
         label = annotations.tokens.get(index)
         if label is None and annotations.spans:
-            anchor = position + (len(text) - len(text.lstrip()) if text.strip() else 0)
             i = bisect.bisect_right(starts, anchor) - 1
             if i >= 0 and annotations.spans[i][0] <= anchor < annotations.spans[i][1]:
                 label = annotations.spans[i][2]
         labels.append(label or NA)
-        position += len(text)
+        position += len(token)
     return labels

@@ -210,7 +210,8 @@ def export(
         writer = ExportWriter(tx.staging, wanted, trial_type=trial_type,
                               annotations=None if annotations is None else str(annotations))
         texts = [token_texts(loaded.tokenizer, ids) for ids in runs]
-        char_starts = np.cumsum([0] + [sum(map(len, t)) for t in texts])
+        labels = None if labels_from is None else np.reshape(
+            labels_from.labels([t for run_texts in texts for t in run_texts], text=corpus.text), runs.shape)
         bytes_written = writer.start()
         done = [run for run in range(1, n_runs + 1) if tx.adopted and writer.run_complete(run)]
         totals = sum((_column_sums(writer.paths.bold(run), writer.layout) for run in done),
@@ -218,10 +219,8 @@ def export(
         todo = [run for run in range(1, n_runs + 1) if run not in done]
 
         def write_run(run: int, acts: np.ndarray) -> int:
-            ids, text = runs[run - 1], texts[run - 1]
-            labels = None if labels_from is None else labels_from.labels(text, (run - 1) * run_tokens,
-                                                                         int(char_starts[run - 1]))
-            return writer.write_run(run, ids, text, acts, labels)
+            return writer.write_run(run, runs[run - 1], texts[run - 1], acts,
+                                    None if labels is None else labels[run - 1])
 
         def activations():
             per_batch = max(1, batch_size * context // run_tokens)  # runs per group of forward passes
