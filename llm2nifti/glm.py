@@ -176,7 +176,7 @@ class NeuronGLM:
         from nilearn.glm import compute_fixed_effects
         from nilearn.glm.contrasts import expression_to_contrast_vector
 
-        effects, variances, dofs, runs = [], [], [], []
+        effects, variances, dofs, runs, left_out = [], [], [], [], []
         for run, model, design in zip(self.export_.runs, self.models_, self.design_matrices_):
             try:
                 with warnings.catch_warnings():
@@ -185,8 +185,7 @@ class NeuronGLM:
             except Exception:  # noqa: BLE001  (pandas raises many kinds on an unknown name)
                 vector = None
             if vector is None or not np.any(vector):
-                warnings.warn(f"run {run} lacks a condition of contrast {expression!r}; it is left out",
-                              RunLeftOutWarning, stacklevel=3)
+                left_out.append(run)
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))
@@ -200,6 +199,11 @@ class NeuronGLM:
                 f"contrast {expression!r} names conditions no run has (conditions: {', '.join(self.conditions_)}); "
                 f"check `contrast` and `trial_type`" + (" (with hrf_model 'fir', name columns like digit_delay_0)"
                                                         if self.hrf_model == "fir" else ""))
+        if left_out:
+            from .indices import format_ranges
+
+            warnings.warn(f"run(s) {format_ranges(left_out)} lack a condition of contrast {expression!r} and are "
+                          "left out of its fixed effects", RunLeftOutWarning, stacklevel=4)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, RuntimeWarning))
             effect, variance, t, z = compute_fixed_effects(effects, variances, str(self.export_.paths.mask),

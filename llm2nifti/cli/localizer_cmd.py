@@ -13,8 +13,8 @@ from . import main, quiet_option
 
 EPILOG = """\b
 Examples:
-  llm2nifti localizer --model smollm2-135m --out out/smollm2-localizer
-  llm2nifti mask-eval --model smollm2-135m --masks out/smollm2-localizer/mask --out out/smollm2-localizer-eval
+  llm2nifti localizer --model smollm2-135m --out out/smollm2-localizer     # then mask-eval into OUT/mask-eval
+  llm2nifti mask-eval --model smollm2-135m --masks out/smollm2-localizer/mask --mode keep --out out/keep
   llm2nifti localizer --model gemma3-270m --control shuffled --top-percent 0.5 --out out/gemma-localizer
 
 \b
@@ -49,6 +49,8 @@ contrast is "sentence - nonword" (hrf none, no drift: tokens are not BOLD), and 
               show_default=True, help="Percent of the site's neurons kept, by sentence - nonword z.")
 @click.option("--noise-model", type=click.Choice(NOISE_MODELS), default=DEFAULTS["noise_model"], show_default=True,
               help="nilearn's noise model.")
+@click.option("--mask-eval/--no-mask-eval", "evaluate", default=True, show_default=True,
+              help="Then run mask-eval (its defaults) on the mask: ablation against controls, into OUT/mask-eval.")
 @click.option("--figures/--no-figures", default=True, show_default=True, help="Draw the GLM figures.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier localizer output in --out.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, ...).")
@@ -58,7 +60,8 @@ def localizer_command(model, out, quiet, **options):
 
     Exports the model on sentence and control blocks, fits nilearn's GLM with
     the contrast sentence - nonword, and writes the z map and the top
-    --top-percent neurons as a mask (OUT/mask) for `llm2nifti mask-eval`.
+    --top-percent neurons as a mask (OUT/mask); then `llm2nifti mask-eval`
+    compares ablating them with controls (OUT/mask-eval).
     """
     result = localizer(model, out, progress=not quiet, **options)
     click.echo(result.summary())

@@ -7,9 +7,10 @@ Files of a localizer directory::
     export/                    an export (formats.export) whose events label each token sentence/nonword
     glm/                       a GLM output (formats.glm): contrast "sentence - nonword"
     mask/                      an import output (formats.selection): the top-k% neurons of the z map, as C0
+    mask-eval/                 a mask-eval output (formats.maskeval): ablating them against their controls
     localizer.json             settings, counts and the outputs' names; written last (the completion mark)
 
-Each of ``export``, ``glm`` and ``mask`` is written through its own output
+Each of ``export``, ``glm``, ``mask`` and ``mask-eval`` is written through its own output
 transaction, so each is complete or absent; ``localizer.json`` says the whole is.
 """
 
@@ -25,6 +26,7 @@ ANNOTATIONS = "stimuli/annotations.tsv"
 EXPORT_DIR = "export"
 GLM_DIR = "glm"
 MASK_DIR = "mask"
+EVAL_DIR = "mask-eval"
 LOCALIZER_RECORD = "localizer.json"
 RECORD_TYPE = "localizer"
 

@@ -29,6 +29,7 @@ from ..transaction import OutputLock, make_dirs
 from .export import export
 from .glm import GlmResult, run_glm
 from .importing import ImportResult, import_components
+from .mask_eval import mask_eval
 
 DEFAULT_TOP_PERCENT = 1.0
 DEFAULT_SITE = "mlp.hidden"
@@ -47,6 +48,8 @@ class LocalizerResult:
     selection : ImportResult
         The language-selective neurons (component ``C0``).
     seconds : float
+    evaluation : MaskEvalResult or None
+        Ablating them against their controls (``evaluate``).
     """
 
     out_dir: Path
@@ -54,6 +57,7 @@ class LocalizerResult:
     glm: GlmResult
     selection: ImportResult
     seconds: float
+    evaluation: object = None
 
     @property
     def mask_dir(self) -> Path:
@@ -64,7 +68,8 @@ class LocalizerResult:
         return (f"localizer ({r['Control']} control): {r['NumBlocks']} sentence blocks read, "
                 f"{r['NumTokens']['sentence']} sentence and {r['NumTokens']['nonword']} control tokens; "
                 f"{r['NumSelected']} neurons (top {r['TopPercent']:g}%, z >= {r['ZCutoff']:.2f}) -> "
-                f"{self.mask_dir}; {self.seconds:.1f} s")
+                f"{self.mask_dir}; {self.seconds:.1f} s"
+                + ("" if self.evaluation is None else "\n" + self.evaluation.table()))
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -79,8 +84,8 @@ def localizer(model: str | LoadedModel | None = None, out: str | Path | None = N
               text_field: str = "text", control: str = "nonwords", block_sentences: int = 4, seed: int = 0,
               site: str = DEFAULT_SITE, run_tokens: int = 512, max_runs: int | None = 4, context: int | None = None,
               batch_size: int = 4, top_percent: float = DEFAULT_TOP_PERCENT,
-              noise_model: str = GLM_DEFAULTS["noise_model"], figures: bool = True, overwrite: bool = False,
-              device: str = "cpu", progress: bool = True) -> LocalizerResult:
+              noise_model: str = GLM_DEFAULTS["noise_model"], evaluate: bool = True, figures: bool = True,
+              overwrite: bool = False, device: str = "cpu", progress: bool = True) -> LocalizerResult:
     """Run the language localizer on ``model`` and write its stimuli, export, GLM and mask into ``out``.
 
     Parameters
@@ -105,6 +110,10 @@ def localizer(model: str | LoadedModel | None = None, out: str | Path | None = N
         Percent of the site's neurons kept: those with the largest ``sentence - nonword`` z.
     noise_model : {"ar1", "ols"}
         nilearn's noise model.
+    evaluate : bool
+        Then run :func:`llm2nifti.mask_eval` on the mask (ablation against its
+        controls, mask-eval's defaults; no union, the mask has one component)
+        into ``out/mask-eval``.
     figures, overwrite, progress : bool
 
     Returns
@@ -116,7 +125,8 @@ def localizer(model: str | LoadedModel | None = None, out: str | Path | None = N
     check_int("seed", seed, min_value=0)
     top_percent = check_float("top_percent", top_percent, min_value=0, min_exclusive=True, max_value=100)
     check_str("text_field", text_field)
-    for name, value in (("figures", figures), ("overwrite", overwrite), ("progress", progress)):
+    for name, value in (("evaluate", evaluate), ("figures", figures), ("overwrite", overwrite),
+                        ("progress", progress)):
         check_bool(name, value)
     _check_out(out, overwrite)
     corpus = load_corpus(text, text_field)
@@ -139,6 +149,10 @@ def localizer(model: str | LoadedModel | None = None, out: str | Path | None = N
         selection = import_components(glm.out_dir / "zmaps.nii.gz", export=exported.out_dir, zscore=False,
                                       top_percent=top_percent, sign="positive", out=out / files.MASK_DIR,
                                       overwrite=overwrite)
+        evaluation = None
+        if evaluate:
+            evaluation = mask_eval(loaded, selection.out_dir, union=False, out=out / files.EVAL_DIR,
+                                   overwrite=overwrite, device=device, progress=progress)
         counts = _token_counts(glm.glm)
         chosen = selection.mask.weights("C0")
         record = {
@@ -160,13 +174,14 @@ def localizer(model: str | LoadedModel | None = None, out: str | Path | None = N
             "NumZAbove3.09": int((z > 3.09).sum()),
             "SelectedPerLayer": [int(c) for c in selection.mask.counts("C0")],
             "Outputs": {"Stimuli": files.STIMULI_TEXT, "Annotations": files.ANNOTATIONS, "Export": files.EXPORT_DIR,
-                        "GLM": files.GLM_DIR, "Mask": files.MASK_DIR},
+                        "GLM": files.GLM_DIR, "Mask": files.MASK_DIR,
+                        "MaskEval": files.EVAL_DIR if evaluate else None},
         }
         files.write_record(out, record)
     seconds = time.perf_counter() - started
     if progress:
         log.info("localizer done in %.1f s", seconds)
-    return LocalizerResult(out, record, glm, selection, seconds)
+    return LocalizerResult(out, record, glm, selection, seconds, evaluation)
 
 
 def _token_counts(glm) -> dict:
