@@ -147,9 +147,13 @@ def test_glm_errors_are_one_line(labelled_export, tmp_path):
         run_glm(labelled_export.out_dir, [], progress=False)
 
 
-def test_open_glm_refuses_an_unfinished_output(labelled_export, tmp_path):
+def test_open_glm_refuses_damaged_and_unfinished_outputs(labelled_export, tmp_path):
     out = tmp_path / "glm"
     run_glm(labelled_export.out_dir, "digit - letter", out, figures=False, progress=False)
+    z = out / "zmaps.nii.gz"
+    z.write_bytes(z.read_bytes()[:200])
+    with pytest.raises(DamagedFileError):
+        open_glm(out)
     (out / GLM_RECORD).unlink()
     with pytest.raises(IncompleteOutputError):
         open_glm(out)

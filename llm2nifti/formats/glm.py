@@ -162,5 +162,6 @@ def open_glm(path, *, param: str = "glm") -> GlmOutput:
     contrasts = record.get("Contrasts")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1 or not isinstance(contrasts, list) or len(contrasts) != n:
         raise DamagedFileError(f"{source}: NumContrasts must be a positive integer matching Contrasts")
-    maps = {kind: _read_maps(root / IMAGES[kind][0], layout, n)[0] for kind in ("z", "t", "effect")}
+    maps = {kind: _read_maps(root / IMAGES[kind][0], layout, n, record=GLM_RECORD, param=param)[0]
+            for kind in ("z", "t", "effect")}
     return GlmOutput(root.resolve(), record, provenance, layout, maps["z"], maps["t"], maps["effect"])
