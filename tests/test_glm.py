@@ -200,7 +200,7 @@ def test_localizer_cli_then_mask_eval(tmp_path):
     n_total = 3 * 24
     assert mask.components == ["C0"] and mask.size("C0") == int(np.ceil(0.05 * n_total))
     glm = open_glm(out / "glm")
-    top = np.sort(glm.z[0])[::-1][:mask.size("C0")]
+    top = np.sort(glm.t[0])[::-1][:mask.size("C0")]
     assert sorted(mask.weights("C0").values(), reverse=True) == pytest.approx(top, rel=1e-5)
     result = mask_eval(model, out / "mask", max_tokens=256, context=64, random_controls=1, union=False,
                        progress=False)

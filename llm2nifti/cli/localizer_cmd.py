@@ -23,7 +23,7 @@ followed by its matched control: nonwords (every letter replaced by a random let
 same kind and case; spaces, punctuation and word lengths kept) or shuffled (the block's
 words in random order). Every token is labelled sentence or nonword (block events), the GLM
 contrast is "sentence - nonword" (hrf none, no drift: tokens are not BOLD), and the top
---top-percent of neurons by z is the mask (component C0).
+--top-percent of neurons by t is the mask (component C0).
 """
 
 
@@ -46,7 +46,7 @@ contrast is "sentence - nonword" (hrf none, no drift: tokens are not BOLD), and 
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
               help="Context windows per forward pass.")
 @click.option("--top-percent", type=click.FloatRange(min=0, min_open=True, max=100), default=DEFAULT_TOP_PERCENT,
-              show_default=True, help="Percent of the site's neurons kept, by sentence - nonword z.")
+              show_default=True, help="Percent of the site's neurons kept, by sentence - nonword t.")
 @click.option("--noise-model", type=click.Choice(NOISE_MODELS), default=DEFAULTS["noise_model"], show_default=True,
               help="nilearn's noise model.")
 @click.option("--mask-eval/--no-mask-eval", "evaluate", default=True, show_default=True,

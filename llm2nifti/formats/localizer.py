@@ -6,7 +6,7 @@ Files of a localizer directory::
     stimuli/annotations.tsv    start end label: the character span of every block
     export/                    an export (formats.export) whose events label each token sentence/nonword
     glm/                       a GLM output (formats.glm): contrast "sentence - nonword"
-    mask/                      an import output (formats.selection): the top-k% neurons of the z map, as C0
+    mask/                      an import output (formats.selection): the top-k% neurons of the t map, as C0
     mask-eval/                 a mask-eval output (formats.maskeval): ablating them against their controls
     localizer.json             settings, counts and the outputs' names; written last (the completion mark)
 

@@ -5,7 +5,7 @@ activations on them with every token labelled ``sentence`` or ``nonword``
 (:func:`~llm2nifti.workflows.export.export` with the block spans as
 annotations), fits nilearn's GLM with the contrast ``sentence - nonword``
 (:func:`~llm2nifti.workflows.glm.run_glm`), and imports the top ``top_percent``
-percent of neurons of its z map as a mask (:func:`~llm2nifti.import_components`),
+percent of neurons of its t map (the paper's ranking) as a mask (:func:`~llm2nifti.import_components`),
 ready for ``mask-eval``. The files are :mod:`llm2nifti.formats.localizer`.
 """
 
@@ -21,6 +21,7 @@ from ..checks import check_bool, check_float, check_int, check_path, check_str
 from ..console import log
 from ..errors import OutputExistsError
 from ..formats import localizer as files
+from ..formats.glm import T_IMG
 from ..glm import DEFAULTS as GLM_DEFAULTS
 from ..localizer import CONTRAST, build_stimuli, prose_sentences
 from ..models import DEFAULT_MODEL, LoadedModel, load_model
@@ -67,7 +68,7 @@ class LocalizerResult:
         r = self.record
         return (f"localizer ({r['Control']} control): {r['NumBlocks']} sentence blocks read, "
                 f"{r['NumTokens']['sentence']} sentence and {r['NumTokens']['nonword']} control tokens; "
-                f"{r['NumSelected']} neurons (top {r['TopPercent']:g}%, z >= {r['ZCutoff']:.2f}) -> "
+                f"{r['NumSelected']} neurons (top {r['TopPercent']:g}% by t, t >= {r['TCutoff']:.2f}) -> "
                 f"{self.mask_dir}; {self.seconds:.1f} s"
                 + ("" if self.evaluation is None else "\n" + self.evaluation.table()))
 
@@ -107,7 +108,8 @@ def localizer(model: str | LoadedModel | None = None, out: str | Path | None = N
     site, run_tokens, max_runs, context, batch_size, device
         As for :func:`llm2nifti.export`.
     top_percent : float
-        Percent of the site's neurons kept: those with the largest ``sentence - nonword`` z.
+        Percent of the site's neurons kept: those with the largest ``sentence - nonword`` t (the same
+        order as z, which nilearn saturates near 37 for the strongest neurons).
     noise_model : {"ar1", "ols"}
         nilearn's noise model.
     evaluate : bool
@@ -146,7 +148,8 @@ def localizer(model: str | LoadedModel | None = None, out: str | Path | None = N
         glm = run_glm(exported.out_dir, CONTRAST, out / files.GLM_DIR, noise_model=noise_model, figures=figures,
                       overwrite=overwrite, progress=progress)
         z = glm.glm.values("z")[0]
-        selection = import_components(glm.out_dir / "zmaps.nii.gz", export=exported.out_dir, zscore=False,
+        # ranked by t, as in the paper: nilearn's z saturates near 37 for the strongest neurons, t does not
+        selection = import_components(glm.out_dir / T_IMG, export=exported.out_dir, zscore=False,
                                       top_percent=top_percent, sign="positive", out=out / files.MASK_DIR,
                                       overwrite=overwrite)
         evaluation = None
@@ -170,7 +173,7 @@ def localizer(model: str | LoadedModel | None = None, out: str | Path | None = N
             "RunTokens": run_tokens,
             "TopPercent": top_percent,
             "NumSelected": len(chosen),
-            "ZCutoff": float(min(chosen.values())) if chosen else None,
+            "TCutoff": float(min(chosen.values())) if chosen else None,
             "NumZAbove3.09": int((z > 3.09).sum()),
             "SelectedPerLayer": [int(c) for c in selection.mask.counts("C0")],
             "Outputs": {"Stimuli": files.STIMULI_TEXT, "Annotations": files.ANNOTATIONS, "Export": files.EXPORT_DIR,
