@@ -16,6 +16,7 @@ so nothing here changes pyplot's global state or needs a display.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -348,8 +349,10 @@ def write_glm_figures(glm, out_dir: str | Path, *, threshold: float = 3.0, stat_
     underlay = glm.export_.paths.mean
     if stat_maps and underlay.is_file():
         for c, maps in enumerate(glm.maps_):
-            display = plot_component_stat_map(maps.z_img, str(underlay), layout, threshold=threshold,
-                                              title=f"{component_name(c)}: {maps.expression}")
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="empty mask")  # no neuron above threshold: drawn empty
+                display = plot_component_stat_map(maps.z_img, str(underlay), layout, threshold=threshold,
+                                                  title=f"{component_name(c)}: {maps.expression}")
             written.append(out / f"{component_name(c)}_stat_map.png")
             save_png(display, written[-1], dpi=90)
             display.close()
