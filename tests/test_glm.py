@@ -232,3 +232,18 @@ def test_nilearn_glm_example(tiny_llama_dir, tmp_path):
     assert (tmp_path / "digit_vs_letter_z.nii.gz").is_file()
     assert (tmp_path / "design_matrix.png").is_file()
     assert read_mask(tmp_path / "digit-neurons").size("C0") == 10
+
+
+# -- the bundled models -----------------------------------------------------------------------
+@pytest.mark.integration
+@pytest.mark.parametrize("alias", ["smollm2-135m", "gemma3-270m"])
+def test_localizer_on_bundled_models(alias, tmp_path):
+    """Small sizes (2 runs of 256 tokens, no mask-eval): the whole pipeline runs on both bundled models."""
+    from llm2nifti.models import load_model
+
+    result = localizer(load_model(alias), tmp_path / "loc", run_tokens=256, max_runs=2, block_sentences=2,
+                       evaluate=False, figures=False, progress=False)
+    record = result.record
+    assert record["NumTokens"]["sentence"] > 0 and record["NumTokens"]["nonword"] > 0
+    n_total = result.selection.mask.n_layers * result.selection.mask.n_neurons
+    assert record["NumSelected"] == int(np.ceil(0.01 * n_total))
