@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .checks import check_bool, check_choice, check_int, check_str
+from .checks import check_choice, check_int, check_str
 from .errors import Llm2niftiError, ParameterError
 from .formats.export import Export
 from .formats.tables import read_tsv
@@ -238,8 +238,3 @@ class NeuronGLM:
         parts = [f"{r['contrast']} ({r['expression']}): {r['n_positive']} neurons z > {threshold:g}"
                  for r in self.contrast_table(threshold)]
         return f"GLM on {len(self.export_.runs)} run(s): " + "; ".join(parts)
-
-
-def check_flags(**flags) -> None:
-    for name, value in flags.items():
-        check_bool(name, value)
