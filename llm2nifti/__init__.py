@@ -7,7 +7,7 @@ component maps back to neurons, and test those neurons with masking hooks.
 Every command of the ``llm2nifti`` program has one Python twin here with the
 same parameter names: :func:`export`, :func:`import_components`,
 :func:`run_ica`, :func:`recurrence`, :func:`mask_eval`, :func:`make_template`,
-:func:`view`.
+:func:`view`, :func:`run_glm`, :func:`localizer`.
 """
 
 from ._version import __version__
@@ -21,8 +21,10 @@ from .neuronmask import NeuronMask
 from .recurrence import Recurrence
 from .sites import find_blocks, hook_point, site_hooks
 from .workflows.export import ExportResult, export
+from .workflows.glm import run_glm
 from .workflows.ica import run_ica
 from .workflows.importing import import_components
+from .workflows.localizer import localizer
 from .workflows.mask_eval import mask_eval
 from .workflows.recurrence import recurrence
 from .workflows.template import make_template
@@ -45,10 +47,12 @@ __all__ = [
     "hook_point",
     "import_components",
     "load_model",
+    "localizer",
     "make_template",
     "mask_eval",
     "neuron_label",
     "recurrence",
+    "run_glm",
     "run_ica",
     "site_hooks",
     "view",

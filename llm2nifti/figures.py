@@ -16,6 +16,7 @@ so nothing here changes pyplot's global state or needs a display.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -318,3 +319,44 @@ def plot_recurrence(best_iou, threshold: float = 0.2, *, recurrences=None, path:
     if path is not None:
         save_png(fig, path, dpi=dpi)
     return fig
+
+
+def write_glm_figures(glm, out_dir: str | Path, *, threshold: float = 3.0, stat_maps: bool = True) -> list[Path]:
+    """Figures of a fitted :class:`~llm2nifti.glm.NeuronGLM` into ``out_dir`` (created if missing).
+
+    Writes ``design_matrix.png`` (nilearn's ``plot_design_matrix`` of the first
+    run), ``contrasts_layers.png`` (every z map as a layer x neuron image) and,
+    per contrast, ``C<i>_stat_map.png`` (nilearn's ``plot_stat_map`` over the
+    export's mean underlay, ``|z| > threshold``). Returns the paths written.
+    """
+    import matplotlib.pyplot as plt
+    from nilearn.plotting import plot_design_matrix
+
+    from .transaction import make_dirs
+
+    out = Path(out_dir)
+    make_dirs(out)
+    layout = glm.export_.layout
+    written = [out / "design_matrix.png"]
+    fig = _figure(width=max(4.0, 0.5 * glm.design_matrices_[0].shape[1] + 2), height=6)
+    ax = fig.add_subplot()
+    plot_design_matrix(glm.design_matrices_[0], axes=ax)
+    ax.set_title(f"design matrix, run {glm.export_.runs[0]}")
+    fig.tight_layout()
+    save_png(fig, written[0], dpi=90)
+    z = glm.values("z")
+    written.append(out / "contrasts_layers.png")
+    plot_components_layers(z, layout, titles=[f"{component_name(c)}: {m.expression}" for c, m in
+                                              enumerate(glm.maps_)], path=written[-1])
+    underlay = glm.export_.paths.mean
+    if stat_maps and underlay.is_file():
+        for c, maps in enumerate(glm.maps_):
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="empty mask")  # no neuron above threshold: drawn empty
+                display = plot_component_stat_map(maps.z_img, str(underlay), layout, threshold=threshold,
+                                                  title=f"{component_name(c)}: {maps.expression}")
+            written.append(out / f"{component_name(c)}_stat_map.png")
+            save_png(display, written[-1], dpi=90)
+            display.close()
+    plt.close("all")
+    return written

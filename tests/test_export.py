@@ -122,7 +122,7 @@ def test_dataset_files_and_headers(tmp_path, tiny_llama):
     for key in ("ModelID", "ModelConfigSHA256", "Site", "Layout", "TaskName", "DataType"):
         assert sidecar[key] is not None
     events = read_table(paths.events(1))
-    assert list(events[0]) == ["onset", "duration", "trial_type", "token", "token_id"]
+    assert list(events[0])[:5] == ["onset", "duration", "trial_type", "token", "token_id"]
     assert len(events) == run.shape[3]
     assert [line.split("\t")[1] for line in paths.dseg_tsv.read_text().splitlines()[:2]] == ["name", "layer 0"]
     assert nib.load(paths.dseg).shape == mask.shape and nib.load(paths.mean).shape == mask.shape

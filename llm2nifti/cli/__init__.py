@@ -179,3 +179,5 @@ from . import template_cmd  # noqa: E402,F401  # isort: skip
 
 from . import import_cmd, mask_eval_cmd  # noqa: E402,F401  # isort: skip
 from . import view_cmd  # noqa: E402,F401  # isort: skip
+from . import glm_cmd  # noqa: E402,F401  # isort: skip
+from . import localizer_cmd  # noqa: E402,F401  # isort: skip

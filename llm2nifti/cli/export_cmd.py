@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..features import DEFAULT_TRIAL_TYPE
 from ..layout import LAYOUTS
 from ..models import ALIASES, DEFAULT_MODEL
 from ..sites import DEFAULT_SITE, SITES
@@ -51,9 +52,15 @@ Examples:
 @click.option("--down-proj", default=None,
               help="Dotted path of the MLP down projection inside a block (e.g. mlp.down_proj).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, cuda:1, ...).")
+@click.option("--trial-type", default=DEFAULT_TRIAL_TYPE, show_default=True,
+              help="Token feature copied into the events' trial_type column: char_class, capitalised, keyword, "
+                   "word_start, or label (with --annotations).")
+@click.option("--annotations", type=click.Path(dir_okay=False), default=None,
+              help="TSV/JSONL of labels per token (token, label) or character span (start, end, label); they fill "
+                   "the events' label column.")
 @quiet_option
 def export_command(out, model, text, text_field, site, layout, run_tokens, max_runs, context, batch_size, dtype,
-                   nifti2, resume, overwrite, blocks, down_proj, device, quiet):
+                   nifti2, resume, overwrite, blocks, down_proj, device, trial_type, annotations, quiet):
     """Export MLP neuron activations of a language model as BIDS-style pseudo-4D NIfTI runs.
 
     Voxels are neurons, volumes are tokens. The output holds one 4D image per
@@ -64,6 +71,6 @@ def export_command(out, model, text, text_field, site, layout, run_tokens, max_r
         out, model, text, site=site, layout=layout, run_tokens=run_tokens, max_runs=max_runs or None,
         context=context, batch_size=batch_size, text_field=text_field, dtype=dtype, nifti2=nifti2,
         resume=resume, overwrite=overwrite, blocks=blocks, down_proj=down_proj, device=device,
-        progress=not quiet,
+        progress=not quiet, trial_type=trial_type, annotations=annotations,
     )
     click.echo(result.summary())

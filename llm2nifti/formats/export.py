@@ -35,7 +35,7 @@ from ..layout import NeuronLayout
 from ..records import ExportRecord
 from ..transaction import is_staging, make_dirs, read_json, write_json, write_text
 from .atlas import ATLAS_DIR, ATLAS_LUT, ATLAS_XML, atlas_title, dseg_tsv, layer_image, write_atlas
-from .events import EVENTS_SIDECAR, events_tsv
+from .events import EVENTS_SIDECAR, FEATURE_SIDECAR, event_columns, events_tsv
 from .neuron_map import FILENAME as NEURON_MAP
 from .neuron_map import layout_from_neuron_map, write_neuron_map
 
@@ -246,8 +246,11 @@ class ExportWriter:
     marks: ``export.json`` with Status complete, then ``dataset_description.json``.
     """
 
-    def __init__(self, root: Path, record: ExportRecord):
+    def __init__(self, root: Path, record: ExportRecord, *, trial_type: str = "char_class",
+                 annotations: str | None = None):
         self.record = record
+        self.trial_type = trial_type
+        self.annotations = annotations
         self.paths = DatasetPaths.for_record(root, record)
         self.layout = record.grid.neuron_layout()
 
@@ -274,20 +277,26 @@ class ExportWriter:
                             paths.dseg)
         write_neuron_map(layout, paths.neurons_tsv)
         write_text(paths.root / ".bidsignore", "\n".join(BIDSIGNORE) + "\n")
-        write_json(paths.events_json, EVENTS_SIDECAR)
+        columns = {k: v for k, v in FEATURE_SIDECAR.items() if k != "label" or self.annotations}
+        write_json(paths.events_json, {**EVENTS_SIDECAR, **columns, "TrialTypeColumn": self.trial_type,
+                                       "AnnotationsSource": self.annotations})
         files = [paths.mask, paths.dseg, paths.dseg_tsv, paths.neurons_tsv, *atlas]
         return sum(p.stat().st_size for p in files)
 
     def run_complete(self, run: int) -> bool:
         return all(p.exists() for p in self.paths.run_files(run))
 
-    def write_run(self, run: int, token_ids, token_texts, activations: np.ndarray) -> int:
-        """Sidecar, events and 4D image of one run (image last); returns bytes written."""
+    def write_run(self, run: int, token_ids, token_texts, activations: np.ndarray, labels=None) -> int:
+        """Sidecar, events and 4D image of one run (image last); returns bytes written.
+
+        ``labels`` (one per token) fill the ``label`` column of the events.
+        """
         from .nifti import run_image, save
 
         record = self.record
         write_json(self.paths.sidecar(run), run_sidecar(record, run, self.paths))
-        write_text(self.paths.events(run), events_tsv(token_ids, token_texts, REPETITION_TIME))
+        extra = event_columns(token_texts, self.trial_type, labels)
+        write_text(self.paths.events(run), events_tsv(token_ids, token_texts, REPETITION_TIME, extra))
         img = run_image(self.layout, activations, REPETITION_TIME, record.dtype,
                         f"llm2nifti {record.grid.site} {record.subject}", record.nifti2)
         save(img, self.paths.bold(run))

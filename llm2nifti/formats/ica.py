@@ -187,17 +187,18 @@ def _read_record(root: Path) -> tuple[dict, Provenance, NeuronLayout, int]:
     return record, provenance, layout, n_components
 
 
-def _read_maps(path: Path, layout: NeuronLayout, n_components: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_maps(path: Path, layout: NeuronLayout, n_components: int, *, record: str = ICA_RECORD,
+               param: str = "ica") -> tuple[np.ndarray, np.ndarray]:
     """Maps of a component image in neuron-id order, and its affine, checked against the recorded grid."""
     from .nifti import load_image
 
-    image = load_image(path, what="component image", param="ica")
+    image = load_image(path, what="component image", param=param)
     shape = image.shape if len(image.shape) == 4 else (*image.shape, 1)
     if shape != (*layout.shape, n_components):
-        raise DamagedFileError(f"{path}: shape {shape}, but {ICA_RECORD} records {n_components} components on a "
+        raise DamagedFileError(f"{path}: shape {shape}, but {record} records {n_components} components on a "
                                f"{layout.shape} grid")
     if not np.allclose(image.affine, layout.affine, atol=1e-4):
-        raise DamagedFileError(f"{path}: its affine is not the grid's that {ICA_RECORD} records")
+        raise DamagedFileError(f"{path}: its affine is not the grid's that {record} records")
     data = np.asarray(image.data).reshape(shape)
     return np.ascontiguousarray(data[tuple(layout.voxels.T)].T), np.asarray(image.affine)
 

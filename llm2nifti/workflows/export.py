@@ -14,6 +14,7 @@ from ..checks import check_bool, check_choice, check_int, check_path, check_str
 from ..console import log, progress_bar
 from ..devices import check_device
 from ..errors import MismatchError, ParameterError
+from ..features import DEFAULT_TRIAL_TYPE, check_trial_type, read_annotations
 from ..formats.export import DatasetPaths, ExportWriter, is_export, read_export_record, worth_resuming
 from ..formats.nifti import DTYPES, check_volumes
 from ..layout import LAYOUTS, VOXEL_SIZE_MM, NeuronLayout
@@ -120,6 +121,8 @@ def export(
     device: str = "cpu",
     progress: bool = True,
     stdin=None,
+    trial_type: str = DEFAULT_TRIAL_TYPE,
+    annotations: str | Path | None = None,
 ) -> ExportResult:
     """Export neuron activations of ``model`` over ``text`` as a BIDS-style NIfTI dataset.
 
@@ -163,6 +166,13 @@ def export(
         Torch device of the model.
     progress : bool
         Progress bar and messages.
+    trial_type : str
+        The token feature copied into the events' ``trial_type`` column (see
+        :mod:`llm2nifti.features`): ``char_class`` (default), ``capitalised``,
+        ``keyword``, ``word_start``, or ``label`` with ``annotations``.
+    annotations : str or Path, optional
+        TSV or JSONL of user labels per token or per character span; they fill
+        the events' ``label`` column (see :func:`llm2nifti.features.read_annotations`).
 
     Returns
     -------
@@ -171,6 +181,10 @@ def export(
     started = time.perf_counter()
     out = _check_arguments(out, site, layout, run_tokens, max_runs, context, batch_size, dtype, nifti2, resume,
                            overwrite, progress, text_field, blocks, down_proj, device)
+    check_str("trial_type", trial_type)
+    annotations = check_path("annotations", annotations, none_ok=True)
+    check_trial_type(trial_type, annotations is not None)
+    labels_from = None if annotations is None else read_annotations(annotations)
     with OutputTransaction(out, what="export", is_output=is_export, overwrite=overwrite, resume=resume,
                            resumable=True, worth_keeping=worth_resuming) as tx:
         corpus = load_corpus(text, text_field, stdin=stdin)
@@ -193,7 +207,11 @@ def export(
         load_seconds = time.perf_counter() - started
         log.info("%d runs x %d tokens of %s; %d layers x %d neurons at %s", n_runs, run_tokens, corpus.name,
                  grid.n_layers, grid.neurons_per_layer, site)
-        writer = ExportWriter(tx.staging, wanted)
+        writer = ExportWriter(tx.staging, wanted, trial_type=trial_type,
+                              annotations=None if annotations is None else str(annotations))
+        texts = [token_texts(loaded.tokenizer, ids) for ids in runs]
+        labels = None if labels_from is None else np.reshape(
+            labels_from.labels([t for run_texts in texts for t in run_texts], text=corpus.text), runs.shape)
         bytes_written = writer.start()
         done = [run for run in range(1, n_runs + 1) if tx.adopted and writer.run_complete(run)]
         totals = sum((_column_sums(writer.paths.bold(run), writer.layout) for run in done),
@@ -201,8 +219,8 @@ def export(
         todo = [run for run in range(1, n_runs + 1) if run not in done]
 
         def write_run(run: int, acts: np.ndarray) -> int:
-            ids = runs[run - 1]
-            return writer.write_run(run, ids, token_texts(loaded.tokenizer, ids), acts)
+            return writer.write_run(run, runs[run - 1], texts[run - 1], acts,
+                                    None if labels is None else labels[run - 1])
 
         def activations():
             per_batch = max(1, batch_size * context // run_tokens)  # runs per group of forward passes
