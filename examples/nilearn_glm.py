@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import glob
-import re
 import os
+import re
 from pathlib import Path
 
 
