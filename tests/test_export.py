@@ -44,7 +44,7 @@ def reference_activations(loaded, arch, site, ids, bos):
     for h in handles:
         h.remove()
     start = len(prefix)
-    return np.stack([captured[layer][0, start:].numpy() for layer in range(len(blocks))], axis=1)  # (T, L, N)
+    return np.stack([captured[layer][0, start:].float().cpu().numpy() for layer in range(len(blocks))], axis=1)  # (T, L, N)
 
 
 def read_table(path):

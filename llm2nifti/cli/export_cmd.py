@@ -8,7 +8,7 @@ from ..layout import LAYOUTS
 from ..models import ALIASES, DEFAULT_MODEL
 from ..sites import DEFAULT_SITE, SITES
 from ..workflows.export import export
-from . import main, quiet_option
+from . import device_map_option, main, quiet_option, torch_dtype_option
 
 EPILOG = """\b
 Examples:
@@ -51,9 +51,11 @@ Examples:
 @click.option("--down-proj", default=None,
               help="Dotted path of the MLP down projection inside a block (e.g. mlp.down_proj).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, cuda:1, ...).")
+@torch_dtype_option
+@device_map_option
 @quiet_option
 def export_command(out, model, text, text_field, site, layout, run_tokens, max_runs, context, batch_size, dtype,
-                   nifti2, resume, overwrite, blocks, down_proj, device, quiet):
+                   nifti2, resume, overwrite, blocks, down_proj, device, torch_dtype, device_map, quiet):
     """Export MLP neuron activations of a language model as BIDS-style pseudo-4D NIfTI runs.
 
     Voxels are neurons, volumes are tokens. The output holds one 4D image per
@@ -64,6 +66,6 @@ def export_command(out, model, text, text_field, site, layout, run_tokens, max_r
         out, model, text, site=site, layout=layout, run_tokens=run_tokens, max_runs=max_runs or None,
         context=context, batch_size=batch_size, text_field=text_field, dtype=dtype, nifti2=nifti2,
         resume=resume, overwrite=overwrite, blocks=blocks, down_proj=down_proj, device=device,
-        progress=not quiet,
+        torch_dtype=torch_dtype, device_map=device_map, progress=not quiet,
     )
     click.echo(result.summary())

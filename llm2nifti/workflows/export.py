@@ -17,7 +17,7 @@ from ..errors import MismatchError, ParameterError
 from ..formats.export import DatasetPaths, ExportWriter, is_export, read_export_record, worth_resuming
 from ..formats.nifti import DTYPES, check_volumes
 from ..layout import LAYOUTS, VOXEL_SIZE_MM, NeuronLayout
-from ..models import DEFAULT_MODEL, LoadedModel, load_model, model_label
+from ..models import DEFAULT_MODEL, LoadedModel, check_model_placement, load_model, model_label
 from ..recording import check_finite, record
 from ..records import ExportRecord, Grid, ModelIdentity, TextSpan
 from ..sites import HOOK_POINTS, SITES, find_blocks
@@ -78,9 +78,10 @@ class ExportResult:
 
 
 def _check_arguments(out, site, layout, run_tokens, max_runs, context, batch_size, dtype, nifti2, resume, overwrite,
-                     progress, text_field, blocks, down_proj, device):
+                     progress, text_field, blocks, down_proj, device, model, torch_dtype, device_map):
     out = check_path("out", out)
     check_device(device)
+    check_model_placement(model, torch_dtype, device_map)
     check_str("blocks", blocks, none_ok=True)
     check_str("down_proj", down_proj, none_ok=True)
     check_choice("site", site, SITES)
@@ -118,6 +119,8 @@ def export(
     blocks: str | None = None,
     down_proj: str | None = None,
     device: str = "cpu",
+    torch_dtype: str = "float32",
+    device_map: str | None = None,
     progress: bool = True,
     stdin=None,
 ) -> ExportResult:
@@ -161,6 +164,12 @@ def export(
         Module paths for architectures that discovery does not know.
     device : str
         Torch device of the model.
+    torch_dtype : {"float32", "bfloat16", "float16"}
+        Dtype the model computes in; the activations are written as float32
+        (``dtype``) whatever it is.
+    device_map : {None, "auto"}
+        ``"auto"`` spreads the model's layers over the GPUs (accelerate);
+        ``device`` is then ignored.
     progress : bool
         Progress bar and messages.
 
@@ -170,12 +179,14 @@ def export(
     """
     started = time.perf_counter()
     out = _check_arguments(out, site, layout, run_tokens, max_runs, context, batch_size, dtype, nifti2, resume,
-                           overwrite, progress, text_field, blocks, down_proj, device)
+                           overwrite, progress, text_field, blocks, down_proj, device, model, torch_dtype,
+                           device_map)
     with OutputTransaction(out, what="export", is_output=is_export, overwrite=overwrite, resume=resume,
                            resumable=True, worth_keeping=worth_resuming) as tx:
         corpus = load_corpus(text, text_field, stdin=stdin)
-        loaded = model if isinstance(model, LoadedModel) else load_model(model or DEFAULT_MODEL, device,
-                                                                        progress=progress)
+        loaded = model if isinstance(model, LoadedModel) else load_model(
+            model or DEFAULT_MODEL, device, torch_dtype=torch_dtype, device_map=device_map, progress=progress)
+        device = loaded.input_device
         found = find_blocks(loaded.model, blocks, down_proj)
         cap = None if max_runs is None else max_runs * run_tokens
         runs = cut_runs(tokenize(loaded.tokenizer, corpus.text, cap), run_tokens, max_runs)
@@ -240,13 +251,14 @@ def _check_resumable(previous: ExportRecord, wanted: ExportRecord) -> None:
 
 
 def _in_background(write, jobs, depth: int = 2):
-    """Run ``write(*job)`` on one background thread while ``jobs`` computes the next job.
+    """Run ``write(*job)`` on ``depth`` background threads while ``jobs`` computes the next job.
 
     At most ``depth`` jobs wait to be written, which bounds memory; results
-    come back in order. Compression releases the GIL, so writing overlaps the
-    model's forward passes.
+    come back in order. Up to ``depth`` runs are written at once, each
+    compressed on several threads (:func:`llm2nifti.formats.nifti.save`);
+    compression releases the GIL, so writing overlaps the model's forward passes.
     """
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=depth) as pool:
         pending: deque[Future] = deque()
         try:
             for job in jobs:

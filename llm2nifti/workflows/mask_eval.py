@@ -29,7 +29,7 @@ from ..formats import maskeval
 from ..formats.selection import read_mask
 from ..indices import component_name, parse_index_list
 from ..masking import DEFAULT_FACTOR, DEFAULT_VALUE, apply_mask, check_mode, neuron_means
-from ..models import DEFAULT_MODEL, LoadedModel, load_model
+from ..models import DEFAULT_MODEL, LoadedModel, check_model_placement, load_model
 from ..neuronmask import NeuronMask
 from ..sites import DEFAULT_SITE, SITES, Blocks, check_site, find_blocks
 from ..text import bos_token_id
@@ -352,13 +352,16 @@ def _settings(evaluator: _Evaluator, masks, mask: NeuronMask) -> dict:
     }
 
 
-def _evaluate(model, masks, components, tasks, opts: _Options, device: str, progress: bool) -> MaskEvalResult:
+def _evaluate(model, masks, components, tasks, opts: _Options, device: str, progress: bool,
+              placement: tuple = ("float32", None)) -> MaskEvalResult:
     mask = masks if isinstance(masks, NeuronMask) else read_mask(masks)
     site = check_site(opts.site or mask.site or DEFAULT_SITE)
     names = component_names(mask, components)
     task_list = load_tasks(tasks)
-    loaded = model if isinstance(model, LoadedModel) else load_model(model or DEFAULT_MODEL, device, progress=progress)
-    run_device = str(next(loaded.model.parameters()).device)
+    torch_dtype, device_map = placement
+    loaded = model if isinstance(model, LoadedModel) else load_model(
+        model or DEFAULT_MODEL, device, torch_dtype=torch_dtype, device_map=device_map, progress=progress)
+    run_device = loaded.input_device
     found = find_blocks(loaded.model)
     n_layers, n_neurons = found.n_layers, found.n_neurons(site)
     mask.check_compatible(loaded.provenance, site=site, n_layers=n_layers, n_neurons=n_neurons)
@@ -400,6 +403,8 @@ def mask_eval(
     csv: str | Path | None = None,
     plot: str | Path | None = None,
     device: str = "cpu",
+    torch_dtype: str = "float32",
+    device_map: str | None = None,
     progress: bool = True,
 ) -> MaskEvalResult:
     """Measure a model with each component of a mask applied, against same-size random controls.
@@ -450,6 +455,10 @@ def mask_eval(
         the JSON to standard output. They may not lie inside ``out``.
     device : str
         Torch device when ``model`` is loaded here (checked in any case).
+    torch_dtype : {"float32", "bfloat16", "float16"}
+        Dtype the model computes in, when it is loaded here.
+    device_map : {None, "auto"}
+        ``"auto"`` spreads the model's layers over the GPUs (accelerate).
     progress : bool
         Show a progress bar over the evaluations.
 
@@ -479,6 +488,7 @@ def mask_eval(
                           seed, factor, value)
     model = _check_model(model)
     device = check_device(device)
+    check_model_placement(model, torch_dtype, device_map)
     check_bool("overwrite", overwrite)
     check_bool("progress", progress)
     out = check_path("out", out, none_ok=True)
@@ -487,7 +497,7 @@ def mask_eval(
     if not isinstance(masks, NeuronMask):
         masks = check_path("masks", masks)
     with contextlib.nullcontext() if out is None else _transaction(out, overwrite) as tx:
-        result = _evaluate(model, masks, components, tasks, opts, device, progress)
+        result = _evaluate(model, masks, components, tasks, opts, device, progress, (torch_dtype, device_map))
         if tx is not None:
             result._write_into(tx.staging)
             tx.commit()
