@@ -24,6 +24,7 @@ from ..errors import ParameterError
 from ..evaluation.controls import random_controls as draw_controls
 from ..evaluation.heldout import DEFAULT_CONTEXT, DEFAULT_MAX_TOKENS, EvalText, check_window, evaluation_text
 from ..evaluation.metrics import check_language_model, choice_accuracy, language_model_metrics, summarise
+from ..evaluation.prefix import LayerInputs
 from ..evaluation.tasks import ChoiceTask, load_tasks, task_paths
 from ..formats import maskeval
 from ..formats.selection import read_mask
@@ -281,15 +282,17 @@ class _Evaluator:
     device: str
     tasks: list[ChoiceTask]
     means: np.ndarray | None = None
+    layer_inputs: LayerInputs | None = None  # hidden states below the first masked layer, computed once
 
     def measure(self, condition: NeuronMask | None) -> dict:
         opts = self.options
         masked = contextlib.nullcontext() if condition is None else apply_mask(
             self.loaded, condition, opts.mode, site=self.site, factor=opts.factor, value=opts.value,
             means=self.means, blocks=self.blocks)
-        with masked:
+        with masked as edit:
+            start = min(edit.layers, default=0) if edit is not None else 0
             metrics = language_model_metrics(self.loaded.model, self.text.windows, self.bos, opts.batch_size,
-                                             self.device)
+                                             self.device, start_layer=start, layer_inputs=self.layer_inputs)
             if self.tasks:
                 metrics["tasks"] = {t.name: choice_accuracy(self.loaded.model, self.loaded.tokenizer, t, self.bos,
                                                             self.device) for t in self.tasks}
@@ -370,7 +373,8 @@ def _evaluate(model, masks, components, tasks, opts: _Options, device: str, prog
     check_language_model(loaded.model, opts.context, bos is not None)
     text = evaluation_text(loaded.tokenizer, mask.provenance, opts.text, text_field=opts.text_field,
                            max_tokens=opts.max_tokens, context=opts.context)
-    evaluator = _Evaluator(loaded, found, site, opts, text, bos, run_device, task_list)
+    evaluator = _Evaluator(loaded, found, site, opts, text, bos, run_device, task_list,
+                           layer_inputs=LayerInputs(loaded.model, found))
     if opts.mode == "mean":
         evaluator.means = neuron_means(loaded, site, token_ids=text.reference, batch_size=opts.batch_size,
                                        blocks=found, context=min(opts.context, len(text.reference)),
