@@ -18,6 +18,8 @@ Examples:
   llm2nifti export --text docs.jsonl --text-field body --dtype int16 --out out/docs
   cat story.txt | llm2nifti export --text - --out out/story
   llm2nifti export --out out/smollm2 --resume        # finish an interrupted export
+  llm2nifti export --model ./llama-7b --torch-dtype bfloat16 --device cuda --workers 4 --out out/big
+  llm2nifti export --model ./llama-7b --scheduler tcp://head:8786 --out /shared/out/big
 """
 
 
@@ -53,9 +55,16 @@ Examples:
 @click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, cuda:1, ...).")
 @torch_dtype_option
 @device_map_option
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Split the runs over a local Dask cluster of N worker processes (pip install 'llm2nifti[dask]'); "
+                   "with --device cuda, worker i uses GPU i.")
+@click.option("--scheduler", default=None,
+              help="Split the runs over the running Dask cluster at this address (tcp://host:8786); its workers "
+                   "must see --out and the model.")
 @quiet_option
 def export_command(out, model, text, text_field, site, layout, run_tokens, max_runs, context, batch_size, dtype,
-                   nifti2, resume, overwrite, blocks, down_proj, device, torch_dtype, device_map, quiet):
+                   nifti2, resume, overwrite, blocks, down_proj, device, torch_dtype, device_map, workers, scheduler,
+                   quiet):
     """Export MLP neuron activations of a language model as BIDS-style pseudo-4D NIfTI runs.
 
     Voxels are neurons, volumes are tokens. The output holds one 4D image per
@@ -66,6 +75,6 @@ def export_command(out, model, text, text_field, site, layout, run_tokens, max_r
         out, model, text, site=site, layout=layout, run_tokens=run_tokens, max_runs=max_runs or None,
         context=context, batch_size=batch_size, text_field=text_field, dtype=dtype, nifti2=nifti2,
         resume=resume, overwrite=overwrite, blocks=blocks, down_proj=down_proj, device=device,
-        torch_dtype=torch_dtype, device_map=device_map, progress=not quiet,
+        torch_dtype=torch_dtype, device_map=device_map, workers=workers, scheduler=scheduler, progress=not quiet,
     )
     click.echo(result.summary())
