@@ -71,3 +71,15 @@ def worker_device(device: str) -> str:
         return device
     count = torch.cuda.device_count()
     return f"cuda:{name % count}" if isinstance(name, int) and count else device
+
+
+@contextlib.contextmanager
+def joblib_on(scheduler: str | None) -> Iterator:
+    """joblib's work inside the block (nilearn's ``n_jobs``) runs on the Dask cluster at ``scheduler`` (if given)."""
+    if scheduler is None:
+        yield
+        return
+    import joblib
+
+    with dask_client(scheduler=scheduler), joblib.parallel_config(backend="dask"):
+        yield
