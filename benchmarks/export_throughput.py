@@ -7,9 +7,11 @@ on the same model and the same tokens:
 - ``trunk``: the same without the LM head, which is what an export computes;
 - ``export <site>``: ``llm2nifti.export`` to a temporary directory, gzip included,
   for each of ``mlp.out``, ``mlp.hidden`` and ``resid``;
-- ``growth``: the export of ``--growth-site`` over ``--growth-runs`` runs and over
-  ten times as many, once each: peak memory must stay flat (within 1.2x), since
-  the writer holds a bounded number of runs whatever the corpus.
+- ``growth``: the export of ``--growth-site`` over ``--growth-runs`` runs of
+  ``--growth-run-tokens`` tokens and over ten times as many, once each: peak memory
+  must stay flat (within 1.2x), since the writer holds a bounded number of runs
+  whatever the corpus. The smaller export has several groups of runs (3 x
+  ``batch-size`` runs by default), so both reach the writer's steady state.
 
 Model loading is outside the timed region in every phase. Also measured: the
 gzip writer on one run's worth of ``mlp.hidden``-sized data (MB/s, compressed
@@ -18,7 +20,8 @@ size), against writing it uncompressed, which is what settles ``.nii.gz``.
 Usage::
 
     python benchmarks/export_throughput.py [--model smollm2-135m] [--runs 8] [--run-tokens 512]
-        [--sites mlp.out,mlp.hidden,resid] [--repeats 2] [--growth-runs 2] [--growth-site mlp.hidden]
+        [--sites mlp.out,mlp.hidden,resid] [--repeats 2] [--growth-runs 12] [--growth-run-tokens 128]
+        [--growth-site mlp.hidden]
 """
 
 from __future__ import annotations
@@ -31,7 +34,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path as _Path
 
+_ROOT = str(_Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:  # measure this checkout's llm2nifti, not whichever is installed
+    sys.path.insert(0, _ROOT)
 SITES = ("mlp.out", "mlp.hidden", "resid")
 
 
@@ -117,7 +124,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--sites", default=",".join(SITES))
     parser.add_argument("--repeats", type=int, default=2, help="best of N timings per phase")
-    parser.add_argument("--growth-runs", type=int, default=2, help="the growth check exports this many runs, then 10x")
+    parser.add_argument("--growth-runs", type=int, default=12, help="the growth check exports this many runs, then 10x")
+    parser.add_argument("--growth-run-tokens", type=int, default=128)
     parser.add_argument("--growth-site", default="mlp.hidden")
     parser.add_argument("--phase", choices=["forward", "trunk", "export", "writer"], help=argparse.SUPPRESS)
     parser.add_argument("--site", default="mlp.out", help=argparse.SUPPRESS)
@@ -144,10 +152,11 @@ def main() -> None:
     small, large = args.growth_runs, 10 * args.growth_runs
     peaks = {}
     for runs in (small, large):
-        growth = argparse.Namespace(**{**vars(args), "runs": runs, "repeats": 1})
+        growth = argparse.Namespace(**{**vars(args), "runs": runs, "run_tokens": args.growth_run_tokens, "repeats": 1})
         peaks[runs] = _run(growth, "export", site=args.growth_site)["peak_rss_mb"]
     ratio = peaks[large] / peaks[small]
-    print(f"corpus growth ({args.growth_site}): {small} runs peak {peaks[small]:.0f} MB, {large} runs peak "
+    print(f"corpus growth ({args.growth_site}, runs of {args.growth_run_tokens} tokens): {small} runs peak "
+          f"{peaks[small]:.0f} MB, {large} runs peak "
           f"{peaks[large]:.0f} MB, ratio {ratio:.2f} ({'flat' if ratio <= 1.2 else 'NOT flat'}: limit 1.2)")
     w = _run(args, "writer")
     print(f"writer, one run of {w['raw_mb']:.1f} MB: .nii {w['nii']['mb_per_s']:.0f} MB/s; .nii.gz on 1 thread "

@@ -29,6 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:  # measure this checkout's llm2nifti, not whichever is installed
+    sys.path.insert(0, _ROOT)
+
 
 def build(args):
     import torch

@@ -35,6 +35,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path as _Path
+
+_ROOT = str(_Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:  # measure this checkout's llm2nifti, not whichever is installed
+    sys.path.insert(0, _ROOT)
 
 
 def _phase(args) -> dict:

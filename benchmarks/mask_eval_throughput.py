@@ -24,7 +24,13 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import sys
 import time
+from pathlib import Path as _Path
+
+_ROOT = str(_Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:  # measure this checkout's llm2nifti, not whichever is installed
+    sys.path.insert(0, _ROOT)
 
 
 def _best(fn, repeats: int):
