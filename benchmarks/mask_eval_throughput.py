@@ -4,14 +4,15 @@ For a mask confined to one layer (0, L/2 and L-1), on the same windows:
 
 - ``full``: the forward pass mask-eval made for every condition and control
   before (every layer, the LM head);
-- ``first``: the first evaluation that starts at the masked layer (it also
-  computes and keeps the hidden states entering that layer);
-- ``kept``: every later evaluation with a mask starting there (the conditions'
-  random controls), which reuses them.
+- ``first``: an evaluation that starts at the masked layer with nothing kept (it
+  stops an unedited pass after the layer below first, to keep its output);
+- ``kept``: an evaluation that starts there with the states kept, as every
+  condition and control of mask-eval does (its baseline pass keeps them).
 
-Loss and accuracy must be identical between ``full`` and ``kept``. Prints
-tokens/s, the speed-ups and the amortized speed-up over one condition with
-``--controls`` random controls. Timings are best of ``--repeats``.
+Loss and accuracy must be identical between ``full`` and ``kept``. Then, end to
+end, ``mask_eval`` itself (baseline, one condition confined to the layer, and
+``--controls`` random controls) as it runs now and with every pass made in full
+(as before), with identical results required. Timings are best of ``--repeats``.
 
 Usage::
 
@@ -22,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import sys
@@ -48,6 +50,31 @@ def _fresh(metrics, start, model, blocks):
     return metrics(start_layer=start, layer_inputs=LayerInputs(model, blocks))
 
 
+class _FullPasses:
+    """Stands in for ``LayerInputs``: every pass in full, as mask-eval made them before."""
+
+    def __init__(self, model, blocks):
+        self.model = model
+
+    def plan(self, start_layers):
+        pass
+
+    def __call__(self, start_layer, **inputs):
+        return self.model(**inputs)
+
+
+def _mask_eval(loaded, mask, args, full_passes: bool):
+    from unittest import mock
+
+    from llm2nifti.workflows import mask_eval as workflow
+
+    with mock.patch.object(workflow, "LayerInputs", _FullPasses) if full_passes else contextlib.nullcontext():
+        result = workflow.mask_eval(loaded, mask, max_tokens=args.tokens, context=args.context,
+                                    batch_size=args.batch_size, random_controls=args.controls, union=False,
+                                    progress=False)
+    return [result.baseline, result.conditions]
+
+
 def main() -> None:
     import numpy as np
 
@@ -65,7 +92,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--controls", type=int, default=10, help="random controls per condition (amortization)")
+    parser.add_argument("--controls", type=int, default=3, help="random controls per condition (mask-eval's default)")
     parser.add_argument("--site", default="mlp.hidden")
     args = parser.parse_args()
 
@@ -81,7 +108,7 @@ def main() -> None:
           f"{args.batch_size}, site {args.site}, best of {args.repeats}; load average {load[0]:.2f} {load[1]:.2f} "
           f"{load[2]:.2f}")
     print(f"{'mask layer':>10} {'full tok/s':>11} {'first tok/s':>12} {'kept tok/s':>11} {'kept/full':>10} "
-          f"{'amortized':>10} {'identical':>10}")
+          f"{'identical':>10} {'mask-eval s (full)':>19} {'mask-eval s (now)':>18} {'speed-up':>9} {'same':>5}")
     rng = np.random.default_rng(0)
     for layer in sorted({0, n_layers // 2, n_layers - 1}):
         neurons = rng.choice(n_neurons, size=n_neurons // 10, replace=False)
@@ -99,10 +126,11 @@ def main() -> None:
             t_first, _ = _best(first, args.repeats)
             t_kept, m_kept = _best(kept, args.repeats)
         same = m_full == m_kept
-        n = 1 + args.controls
-        amortized = n * t_full / (t_first + (n - 1) * t_kept)
+        before, now = (_best(functools.partial(_mask_eval, loaded, mask, args, full_passes), args.repeats)
+                       for full_passes in (True, False))
         print(f"{layer:>10} {n_tokens / t_full:>11.0f} {n_tokens / t_first:>12.0f} {n_tokens / t_kept:>11.0f} "
-              f"{t_full / t_kept:>10.2f} {amortized:>10.2f} {str(same):>10}")
+              f"{t_full / t_kept:>10.2f} {str(same):>10} {before[0]:>19.1f} {now[0]:>18.1f} "
+              f"{before[0] / now[0]:>9.2f} {str(before[1] == now[1]):>5}")
         if not same:
             print(f"           full {m_full}\n           kept {m_kept}")
     load = os.getloadavg()

@@ -60,3 +60,26 @@ def test_metrics_with_a_mask_from_the_last_layer_are_identical(tiny_llama):
                                               layer_inputs=inputs_after)
         assert skipped["accuracy"] == full["accuracy"]
         assert skipped["loss"] == pytest.approx(full["loss"], rel=1e-6, abs=1e-7)
+
+
+def test_the_baseline_pass_keeps_the_planned_states(tiny_llama):
+    loaded = tiny_llama
+    found = find_blocks(loaded.model)
+    n_layers = found.n_layers
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(2))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    planned = LayerInputs(loaded.model, found)
+    planned.plan([0, n_layers - 1, n_layers])  # 0 and n_layers need nothing kept
+    calls = []
+    handle = found.blocks[0].register_forward_hook(lambda *a: calls.append(1))
+    with torch.inference_mode():
+        baseline = _output(planned(0, **inputs))
+        torch.testing.assert_close(baseline, _output(loaded.model(**inputs)))
+        assert len(calls) == 2
+        with site_hooks(found, "mlp.out", _edit, layers=[n_layers - 1]):
+            full = _output(loaded.model(**inputs))
+            assert len(calls) == 3
+            skipped = _output(planned(n_layers - 1, **inputs))
+    handle.remove()
+    assert len(calls) == 3  # block 0 did not run again: the state was kept by the baseline pass
+    torch.testing.assert_close(skipped, full, rtol=1e-5, atol=1e-5)

@@ -64,20 +64,49 @@ class LayerInputs:
         self.model = model
         self.container = model.get_submodule(blocks.blocks_path)
         self._kept: dict[tuple[int, str], object] = {}
+        self._planned: set[int] = set()
+
+    def plan(self, start_layers) -> None:
+        """Keep the states entering ``start_layers`` during the next unedited full passes (``start_layer`` 0).
+
+        An evaluation's baseline pass then computes them for free, and no
+        later pass has to stop early to compute them.
+        """
+        self._planned = {int(layer) for layer in start_layers if 0 < int(layer) < len(self.container)}
 
     def __call__(self, start_layer: int, **inputs):
         """``model(**inputs)``, computing only blocks ``start_layer`` and above (all of them for 0).
 
-        Only valid while nothing edits the blocks below ``start_layer``.
+        Only valid while nothing edits the blocks below ``start_layer``. A full
+        pass (``start_layer`` 0) keeps the :meth:`plan` ned states: make it
+        only while nothing edits the model (the baseline).
         """
-        if start_layer <= 0:
+        if start_layer <= 0 and not self._planned:
             return self.model(**inputs)
         inputs = {**inputs, "use_cache": False}
-        key = (start_layer, _fingerprint(inputs))
-        if key not in self._kept:
-            self._kept[key] = self._capture(start_layer - 1, inputs)
-        with self._replaying(start_layer, self._kept[key]):
+        key = _fingerprint(inputs)
+        if start_layer <= 0:
+            return self._full_pass_keeping(key, inputs)
+        if (start_layer, key) not in self._kept:
+            self._kept[start_layer, key] = self._capture(start_layer - 1, inputs)
+        with self._replaying(start_layer, self._kept[start_layer, key]):
             return self.model(**inputs)
+
+    def _full_pass_keeping(self, key: str, inputs: dict):
+        handles = []
+        for start in sorted(self._planned):
+            if (start, key) in self._kept:
+                continue
+
+            def keep(module, args, output, start=start):
+                self._kept[start, key] = output
+
+            handles.append(self.container[start - 1].register_forward_hook(keep))
+        try:
+            return self.model(**inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def _capture(self, layer: int, inputs: dict):
         kept = []

@@ -29,7 +29,7 @@ from ..evaluation.tasks import ChoiceTask, load_tasks, task_paths
 from ..formats import maskeval
 from ..formats.selection import read_mask
 from ..indices import component_name, parse_index_list
-from ..masking import DEFAULT_FACTOR, DEFAULT_VALUE, apply_mask, check_mode, neuron_means
+from ..masking import DEFAULT_FACTOR, DEFAULT_VALUE, apply_mask, check_mode, edit_indices, neuron_means
 from ..models import DEFAULT_MODEL, LoadedModel, check_model_placement, load_model
 from ..neuronmask import NeuronMask
 from ..sites import DEFAULT_SITE, SITES, Blocks, check_site, find_blocks
@@ -291,12 +291,20 @@ class _Evaluator:
             means=self.means, blocks=self.blocks)
         with masked as edit:
             start = min(edit.layers, default=0) if edit is not None else 0
+            # the unmasked baseline keeps the planned states; a pass masked from layer 0 needs none
+            inputs = self.layer_inputs if condition is None or start > 0 else None
             metrics = language_model_metrics(self.loaded.model, self.text.windows, self.bos, opts.batch_size,
-                                             self.device, start_layer=start, layer_inputs=self.layer_inputs)
+                                             self.device, start_layer=start, layer_inputs=inputs)
             if self.tasks:
                 metrics["tasks"] = {t.name: choice_accuracy(self.loaded.model, self.loaded.tokenizer, t, self.bos,
                                                             self.device) for t in self.tasks}
         return metrics
+
+
+def _first_edited_layer(condition: NeuronMask, mode: str, n_layers: int, n_neurons: int) -> int:
+    """The first layer ``mode`` edits for ``condition``: where its passes (and its controls') can start."""
+    edited = [layer for layer, idx in edit_indices(condition, mode, n_layers, n_neurons).items() if len(idx)]
+    return min(edited, default=0)
 
 
 def _conditions(mask: NeuronMask, names: list[str], union: bool) -> list[tuple[str, NeuronMask]]:
@@ -373,13 +381,15 @@ def _evaluate(model, masks, components, tasks, opts: _Options, device: str, prog
     check_language_model(loaded.model, opts.context, bos is not None)
     text = evaluation_text(loaded.tokenizer, mask.provenance, opts.text, text_field=opts.text_field,
                            max_tokens=opts.max_tokens, context=opts.context)
-    evaluator = _Evaluator(loaded, found, site, opts, text, bos, run_device, task_list,
-                           layer_inputs=LayerInputs(loaded.model, found))
+    conditions = _conditions(mask, names, opts.union)
+    layer_inputs = LayerInputs(loaded.model, found)
+    layer_inputs.plan(_first_edited_layer(condition, opts.mode, n_layers, n_neurons) for _, condition in conditions)
+    evaluator = _Evaluator(loaded, found, site, opts, text, bos, run_device, task_list, layer_inputs=layer_inputs)
     if opts.mode == "mean":
         evaluator.means = neuron_means(loaded, site, token_ids=text.reference, batch_size=opts.batch_size,
                                        blocks=found, context=min(opts.context, len(text.reference)),
                                        device=run_device)
-    baseline, rows = _measure_all(evaluator, _conditions(mask, names, opts.union), n_layers, n_neurons, progress)
+    baseline, rows = _measure_all(evaluator, conditions, n_layers, n_neurons, progress)
     return MaskEvalResult(baseline, rows, _settings(evaluator, masks, mask))
 
 
