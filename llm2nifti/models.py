@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checks import check_bool
+from .checks import check_bool, check_choice
 from .console import log, progress_bar
 from .devices import check_device
 from .errors import DamagedFileError, Llm2niftiError, ModelError, ParameterError
@@ -115,6 +115,29 @@ class LoadedModel:
     @property
     def model_id(self) -> str:
         return self.provenance["ModelID"]
+
+    @property
+    def input_device(self) -> str:
+        """Where token ids go: the device of the input embeddings (the first of a ``device_map``)."""
+        embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        weight = getattr(embeddings, "weight", None)
+        return str(weight.device if weight is not None else next(self.model.parameters()).device)
+
+
+#: Compute dtypes a model can be loaded in (``torch_dtype``); activations are always written as float32.
+TORCH_DTYPES = ("float32", "bfloat16", "float16")
+#: Values of ``device_map``: ``None`` (one device) or ``"auto"`` (accelerate spreads the layers over the GPUs).
+DEVICE_MAPS = ("auto",)
+
+
+def check_placement(torch_dtype, device_map) -> tuple[str, str | None]:
+    """``torch_dtype`` one of :data:`TORCH_DTYPES`; ``device_map`` ``None`` or ``"auto"`` (needs accelerate)."""
+    check_choice("torch_dtype", torch_dtype, TORCH_DTYPES)
+    if device_map is not None:
+        check_choice("device_map", device_map, DEVICE_MAPS)
+        if importlib.util.find_spec("accelerate") is None:
+            raise ParameterError("`device_map` 'auto' needs the accelerate package: pip install accelerate")
+    return torch_dtype, device_map
 
 
 def cache_dir() -> Path:
@@ -314,6 +337,14 @@ def _assembled_gemma(bundled: BundledModel) -> Path:
 
 
 # -- loading -----------------------------------------------------------------------------
+def check_model_placement(model, torch_dtype, device_map) -> None:
+    """``torch_dtype`` and ``device_map`` are valid, and given only for a model loaded by name."""
+    check_placement(torch_dtype, device_map)
+    if isinstance(model, LoadedModel) and (torch_dtype != "float32" or device_map is not None):
+        raise ParameterError("`torch_dtype` and `device_map` apply to a model loaded by name; a LoadedModel is "
+                             "used as it is (pass them to load_model instead)")
+
+
 def _quiet_transformers():
     import transformers
 
@@ -355,12 +386,14 @@ def _bad_input(part: str, what: str | None) -> Iterator[None]:
         raise ModelError(f"cannot load the {part} of {what}: {_one_line(err)}") from err
 
 
-def _load_pretrained(source, what: str | None, on_part: Callable[[str], None] = lambda part: None, **kwargs):
-    """Config, tokenizer and float32 model from ``source``.
+def _load_pretrained(source, what: str | None, on_part: Callable[[str], None] = lambda part: None,
+                     placement: dict | None = None, **kwargs):
+    """Config, tokenizer and model from ``source``, float32 on the CPU unless ``placement`` says otherwise.
 
     ``what`` names ``source`` in a :class:`ModelError` when a file is bad
     (``None``: let transformers' errors through); ``on_part(part)`` is called
-    as each of :data:`PARTS` is loaded.
+    as each of :data:`PARTS` is loaded; ``placement`` holds ``dtype`` and
+    ``device_map`` for ``from_pretrained``.
     """
     import torch
     from transformers import AutoConfig, AutoTokenizer
@@ -372,7 +405,8 @@ def _load_pretrained(source, what: str | None, on_part: Callable[[str], None] = 
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     on_part("tokenizer")
     with _bad_input("weights", what):
-        model = _model_class(config).from_pretrained(source, dtype=torch.float32, **kwargs)
+        model = _model_class(config).from_pretrained(source, **{"dtype": torch.float32, **(placement or {})},
+                                                     **kwargs)
     on_part("weights")
     return model, tokenizer
 
@@ -430,18 +464,18 @@ def _check_gguf_header(path: Path) -> None:
                          "give a .gguf model or a Hugging Face model directory")
 
 
-def _load_gguf(path: Path, progress: bool):
+def _load_gguf(path: Path, progress: bool, placement: dict):
     """Load a GGUF file through the float cache; returns model, tokenizer and file provenance."""
     _check_gguf_header(path)
     digest = weights_sha256(path, progress=progress)
     cached = cache_dir() / "models" / f"{model_label(path.name)}-{digest[:16]}"
     populate_cache(cached, lambda staging: _dequantize(path, staging, progress))
     what = f"the float copy of {path.name} cached in {cached} (delete it to rebuild it)"
-    model, tokenizer = _load_pretrained(cached, what)
+    model, tokenizer = _load_pretrained(cached, what, placement=placement)
     return model, tokenizer, _provenance_of_files(digest, "gguf")
 
 
-def _load_directory(path: Path, progress: bool):
+def _load_directory(path: Path, progress: bool, placement: dict):
     """Load a local Hugging Face directory; returns model, tokenizer and file provenance."""
     if not (path / "config.json").exists():
         raise ModelError(f"{path} is a directory but not a Hugging Face model (no config.json)")
@@ -449,16 +483,16 @@ def _load_directory(path: Path, progress: bool):
         suffixes = ", ".join(f"*{suffix}" for suffix in WEIGHT_SUFFIXES)
         raise ModelError(f"{path} has a config.json but no weights (no {suffixes} file)")
     digest = weights_sha256(path, progress=progress)
-    model, tokenizer = _load_pretrained(path, f"the model directory {path}")
+    model, tokenizer = _load_pretrained(path, f"the model directory {path}", placement=placement)
     return model, tokenizer, _provenance_of_files(digest, "weights-dir")
 
 
-def _load_from_hub(spec: str):
+def _load_from_hub(spec: str, placement: dict):
     known = ", ".join(ALIASES)
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise ModelError(f"model path {spec} does not exist")
     try:
-        model, tokenizer = _load_pretrained(spec, None, local_files_only=True)
+        model, tokenizer = _load_pretrained(spec, None, placement=placement, local_files_only=True)
     except OSError:
         if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE"):
             raise ModelError(
@@ -466,7 +500,7 @@ def _load_from_hub(spec: str):
                 "and no cached copy on this machine while the hub is offline (HF_HUB_OFFLINE is set)"
             ) from None
         try:
-            model, tokenizer = _load_pretrained(spec, None)
+            model, tokenizer = _load_pretrained(spec, None, placement=placement)
         except OSError:
             raise ModelError(
                 f"unknown model {spec!r}: not an alias ({known}), a local directory or a .gguf file, "
@@ -475,21 +509,21 @@ def _load_from_hub(spec: str):
     return model, tokenizer, _provenance_of_files(revision=getattr(model.config, "_commit_hash", None))
 
 
-def _load(spec: str, progress: bool):
+def _load(spec: str, progress: bool, placement: dict):
     """Model, tokenizer and file provenance, by whichever kind of model ``spec`` names."""
     path = Path(spec).expanduser()
     if spec in ALIASES:
-        return _load_gguf(bundled_gguf(spec), progress)
+        return _load_gguf(bundled_gguf(spec), progress, placement)
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise ModelError(f"model file {spec} does not exist")
-        return _load_gguf(path, progress)
+        return _load_gguf(path, progress, placement)
     if path.is_dir():
-        return _load_directory(path, progress)
+        return _load_directory(path, progress, placement)
     if path.is_file():
         raise ModelError(f"{spec} is a file but not a .gguf model; give a .gguf file or a Hugging Face model "
                          "directory")
-    return _load_from_hub(spec)
+    return _load_from_hub(spec, placement)
 
 
 def _check_spec(spec) -> str:
@@ -503,7 +537,8 @@ def _check_spec(spec) -> str:
     return text
 
 
-def load_model(model: str | os.PathLike | None = None, device="cpu", *, progress: bool = True) -> LoadedModel:
+def load_model(model: str | os.PathLike | None = None, device="cpu", *, torch_dtype: str = "float32",
+               device_map: str | None = None, progress: bool = True) -> LoadedModel:
     """Load a model by alias, ``.gguf`` path, local directory or hub id.
 
     Parameters
@@ -512,7 +547,13 @@ def load_model(model: str | os.PathLike | None = None, device="cpu", *, progress
         What to load; defaults to :data:`DEFAULT_MODEL`.
     device : str or torch.device
         Torch device for the model, checked before anything is loaded
-        (:func:`llm2nifti.devices.check_device`).
+        (:func:`llm2nifti.devices.check_device`); with ``device_map`` it is
+        ignored.
+    torch_dtype : {"float32", "bfloat16", "float16"}
+        Dtype the model computes in. Recorded activations are float32 whatever it is.
+    device_map : {None, "auto"}
+        ``"auto"``: accelerate places the layers over every GPU (then the CPU)
+        as they fit, for models larger than one device.
     progress : bool
         Report loading, and the dequantization of a GGUF model on first use.
 
@@ -529,13 +570,21 @@ def load_model(model: str | os.PathLike | None = None, device="cpu", *, progress
     ModelError
         A model that cannot be found, or whose files cannot be read.
     """
+    import torch
+
     spec = _check_spec(model)
     device = check_device(device)
+    torch_dtype, device_map = check_placement(torch_dtype, device_map)
     progress = check_bool("progress", progress)
     _quiet_transformers()
     (log.info if progress else log.debug)("loading model %s", spec)
-    model, tokenizer, files = _load(spec, progress)
-    model.eval().to(device)
+    placement = {"dtype": getattr(torch, torch_dtype)}
+    if device_map is not None:
+        placement["device_map"] = device_map
+    model, tokenizer, files = _load(spec, progress, placement)
+    model.eval()
+    if device_map is None:
+        model.to(device)
     provenance = {
         "ModelID": spec,
         "ModelClass": type(model).__name__,

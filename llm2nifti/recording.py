@@ -56,6 +56,26 @@ def record(model, blocks: Blocks, site: str, input_ids: np.ndarray, bos_id: int 
     return out.reshape(batch, n_tokens, -1)
 
 
+def record_runs(model, blocks: Blocks, site: str, run_ids: np.ndarray, context: int, batch_size: int,
+                bos_id: int | None = None, device: str = "cpu") -> np.ndarray:
+    """Activations at ``site`` for whole runs, computed in windows of ``context`` tokens, ``batch_size`` at a time.
+
+    Parameters
+    ----------
+    run_ids : ndarray of shape (n_runs, run_tokens)
+        ``context`` divides ``run_tokens``.
+
+    Returns
+    -------
+    ndarray of shape (n_runs, run_tokens, n_layers * n_neurons), float32
+    """
+    n_runs, run_tokens = run_ids.shape
+    windows = run_ids.reshape(-1, context)
+    parts = [record(model, blocks, site, windows[i:i + batch_size], bos_id, device)
+             for i in range(0, len(windows), batch_size)]
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts)).reshape(n_runs, run_tokens, -1)
+
+
 def check_finite(acts: np.ndarray, column_sums: np.ndarray, n_neurons: int, where: str) -> None:
     """Raise a user-facing error naming the first non-finite activation.
 

@@ -44,7 +44,8 @@ def reference_activations(loaded, arch, site, ids, bos):
     for h in handles:
         h.remove()
     start = len(prefix)
-    return np.stack([captured[layer][0, start:].numpy() for layer in range(len(blocks))], axis=1)  # (T, L, N)
+    rows = [captured[layer][0, start:].float().cpu().numpy() for layer in range(len(blocks))]
+    return np.stack(rows, axis=1)  # (T, L, N)
 
 
 def read_table(path):

@@ -164,6 +164,21 @@ def quiet_option(func):
                         help="No progress bar or progress messages.")(func)
 
 
+def torch_dtype_option(func):
+    """``--torch-dtype``: the dtype the model computes in."""
+    return click.option("--torch-dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+                        show_default=True,
+                        help="Dtype the model computes in (bfloat16 halves GPU memory); activations are written "
+                             "as float32 whatever it is.")(func)
+
+
+def device_map_option(func):
+    """``--device-map``: accelerate's placement of a model over several devices."""
+    return click.option("--device-map", type=click.Choice(["auto"]), default=None,
+                        help="'auto': spread the model's layers over every GPU (then the CPU) with accelerate, "
+                             "for models larger than one GPU; replaces --device.")(func)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="llm2nifti")
 def main():

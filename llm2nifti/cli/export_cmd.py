@@ -9,7 +9,7 @@ from ..layout import LAYOUTS
 from ..models import ALIASES, DEFAULT_MODEL
 from ..sites import DEFAULT_SITE, SITES
 from ..workflows.export import export
-from . import main, quiet_option
+from . import device_map_option, main, quiet_option, torch_dtype_option
 
 EPILOG = """\b
 Examples:
@@ -19,6 +19,8 @@ Examples:
   llm2nifti export --text docs.jsonl --text-field body --dtype int16 --out out/docs
   cat story.txt | llm2nifti export --text - --out out/story
   llm2nifti export --out out/smollm2 --resume        # finish an interrupted export
+  llm2nifti export --model ./llama-7b --torch-dtype bfloat16 --device cuda --workers 4 --out out/big
+  llm2nifti export --model ./llama-7b --scheduler tcp://head:8786 --out /shared/out/big
 """
 
 
@@ -52,6 +54,14 @@ Examples:
 @click.option("--down-proj", default=None,
               help="Dotted path of the MLP down projection inside a block (e.g. mlp.down_proj).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, cuda:1, ...).")
+@torch_dtype_option
+@device_map_option
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Split the runs over a local Dask cluster of N worker processes (pip install 'llm2nifti[dask]'); "
+                   "with --device cuda, worker i uses GPU i.")
+@click.option("--scheduler", default=None,
+              help="Split the runs over the running Dask cluster at this address (tcp://host:8786); its workers "
+                   "must see --out and the model.")
 @click.option("--trial-type", default=DEFAULT_TRIAL_TYPE, show_default=True,
               help="Token feature copied into the events' trial_type column: char_class, capitalised, keyword, "
                    "word_start, or label (with --annotations).")
@@ -60,7 +70,8 @@ Examples:
                    "the events' label column.")
 @quiet_option
 def export_command(out, model, text, text_field, site, layout, run_tokens, max_runs, context, batch_size, dtype,
-                   nifti2, resume, overwrite, blocks, down_proj, device, trial_type, annotations, quiet):
+                   nifti2, resume, overwrite, blocks, down_proj, device, torch_dtype, device_map, workers, scheduler,
+                   trial_type, annotations, quiet):
     """Export MLP neuron activations of a language model as BIDS-style pseudo-4D NIfTI runs.
 
     Voxels are neurons, volumes are tokens. The output holds one 4D image per
@@ -71,6 +82,7 @@ def export_command(out, model, text, text_field, site, layout, run_tokens, max_r
         out, model, text, site=site, layout=layout, run_tokens=run_tokens, max_runs=max_runs or None,
         context=context, batch_size=batch_size, text_field=text_field, dtype=dtype, nifti2=nifti2,
         resume=resume, overwrite=overwrite, blocks=blocks, down_proj=down_proj, device=device,
-        progress=not quiet, trial_type=trial_type, annotations=annotations,
+        torch_dtype=torch_dtype, device_map=device_map, workers=workers, scheduler=scheduler, progress=not quiet,
+        trial_type=trial_type, annotations=annotations,
     )
     click.echo(result.summary())

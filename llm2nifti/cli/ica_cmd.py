@@ -77,6 +77,9 @@ def ica_options(func):
 @ica_options
 @click.option("--score", is_flag=True, help="Also compute explained variance per component (nilearn's score; slow).")
 @click.option("--figures/--no-figures", default=True, show_default=True, help="Draw the figures into OUT/figures.")
+@click.option("--scheduler", default=None,
+              help="Run nilearn's --n-jobs work on the Dask cluster at this address (tcp://host:8786); its workers "
+                   "must see EXPORT_DIR (pip install 'llm2nifti[dask]').")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier ICA in --out.")
 @quiet_option
 def ica_command(export_dir, out, quiet, **options):

@@ -9,7 +9,7 @@ from ..masking import DEFAULT_FACTOR, DEFAULT_VALUE, MODES
 from ..models import ALIASES, DEFAULT_MODEL
 from ..sites import SITES
 from ..workflows.mask_eval import ALL_COMPONENTS, DEFAULT_BATCH_SIZE, DEFAULT_CONTROLS, mask_eval
-from . import main, quiet_option
+from . import device_map_option, main, quiet_option, torch_dtype_option
 
 EPILOG = """\b
 Examples:
@@ -60,10 +60,12 @@ Examples:
 @click.option("--csv", type=click.Path(dir_okay=False), default=None, help="Also write the CSV table to this file.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Also write the PNG plot to this file.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, cuda:1, ...).")
+@torch_dtype_option
+@device_map_option
 @quiet_option
 def mask_eval_command(model, masks, mode, site, components, union, factor, value, text, text_field, max_tokens,
                       context, batch_size, random_controls, seed, tasks, out, overwrite, json, csv, plot, device,
-                      quiet):
+                      torch_dtype, device_map, quiet):
     """Measure a model with each component's neurons masked, against same-size random controls.
 
     Conditions are the baseline (no mask), each component and their union.
@@ -76,7 +78,7 @@ def mask_eval_command(model, masks, mode, site, components, union, factor, value
         model, masks, mode=mode, site=site, components=components, union=union, text=text, text_field=text_field,
         max_tokens=max_tokens, context=context, batch_size=batch_size, random_controls=random_controls, seed=seed,
         factor=factor, value=value, tasks=list(tasks), out=out, overwrite=overwrite, json=json, csv=csv, plot=plot,
-        device=device, progress=not quiet,
+        device=device, torch_dtype=torch_dtype, device_map=device_map, progress=not quiet,
     )
     if json == "-":
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ from ..errors import ModelError, ParameterError
 from ..formats.maskeval import METRICS
 from ..recording import with_bos
 from ..text import tokenize
+from .prefix import LayerInputs
 from .tasks import ChoiceTask
 
 
@@ -29,11 +31,17 @@ def check_language_model(module, context: int, bos: bool) -> None:
 
 @torch.inference_mode()
 def language_model_metrics(model, windows: np.ndarray, bos: int | None = None, batch_size: int = 4,
-                           device: str = "cpu") -> dict:
+                           device: str = "cpu", *, start_layer: int = 0, layer_inputs: LayerInputs | None = None
+                           ) -> dict:
     """Mean next-token loss, perplexity and top-1 accuracy over token windows.
 
     Within each window, token ``t`` is predicted from tokens ``< t`` (and a BOS
     when given), so a window of ``C`` tokens gives ``C - 1`` predictions.
+
+    With ``layer_inputs`` (a :class:`~llm2nifti.evaluation.prefix.LayerInputs`
+    over ``model``) and ``start_layer`` ``k``, the blocks below ``k`` are not
+    recomputed: their unedited output, computed once per batch of windows and
+    kept, is used. Valid when edits (masks) touch layers ``k`` and above only.
 
     Returns
     -------
@@ -44,7 +52,8 @@ def language_model_metrics(model, windows: np.ndarray, bos: int | None = None, b
     for start in range(0, len(windows), batch_size):
         ids = torch.as_tensor(windows[start:start + batch_size], dtype=torch.long)
         inputs, offset = with_bos(ids, bos)
-        logits = model(input_ids=inputs.to(device), attention_mask=torch.ones_like(inputs).to(device)).logits
+        forward = model if layer_inputs is None else functools.partial(layer_inputs, start_layer)
+        logits = forward(input_ids=inputs.to(device), attention_mask=torch.ones_like(inputs).to(device)).logits
         logits = logits[:, offset:-1].float()
         targets = ids[:, 1:].to(logits.device)
         loss_sum += torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checks import check_bool, check_choice, check_int, check_path, check_str
+from ..cluster import check_cluster
 from ..console import log, progress_bar
 from ..devices import check_device
 from ..errors import MismatchError, ParameterError
@@ -18,8 +19,8 @@ from ..features import DEFAULT_TRIAL_TYPE, check_trial_type, read_annotations
 from ..formats.export import DatasetPaths, ExportWriter, is_export, read_export_record, worth_resuming
 from ..formats.nifti import DTYPES, check_volumes
 from ..layout import LAYOUTS, VOXEL_SIZE_MM, NeuronLayout
-from ..models import DEFAULT_MODEL, LoadedModel, load_model, model_label
-from ..recording import check_finite, record
+from ..models import DEFAULT_MODEL, LoadedModel, check_model_placement, load_model, model_label
+from ..recording import check_finite, record_runs
 from ..records import ExportRecord, Grid, ModelIdentity, TextSpan
 from ..sites import HOOK_POINTS, SITES, find_blocks
 from ..text import bos_token_id, cut_runs, load_corpus, token_texts, tokenize
@@ -79,9 +80,14 @@ class ExportResult:
 
 
 def _check_arguments(out, site, layout, run_tokens, max_runs, context, batch_size, dtype, nifti2, resume, overwrite,
-                     progress, text_field, blocks, down_proj, device):
+                     progress, text_field, blocks, down_proj, device, model, torch_dtype, device_map, workers,
+                     scheduler):
     out = check_path("out", out)
     check_device(device)
+    check_model_placement(model, torch_dtype, device_map)
+    workers, scheduler = check_cluster(workers, scheduler)
+    if (workers is not None or scheduler is not None) and isinstance(model, LoadedModel):
+        raise ParameterError("with `workers` or `scheduler`, give `model` by name: each worker loads it itself")
     check_str("blocks", blocks, none_ok=True)
     check_str("down_proj", down_proj, none_ok=True)
     check_choice("site", site, SITES)
@@ -119,6 +125,10 @@ def export(
     blocks: str | None = None,
     down_proj: str | None = None,
     device: str = "cpu",
+    torch_dtype: str = "float32",
+    device_map: str | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
     progress: bool = True,
     stdin=None,
     trial_type: str = DEFAULT_TRIAL_TYPE,
@@ -164,6 +174,24 @@ def export(
         Module paths for architectures that discovery does not know.
     device : str
         Torch device of the model.
+    torch_dtype : {"float32", "bfloat16", "float16"}
+        Dtype the model computes in; the activations are written as float32
+        (``dtype``) whatever it is.
+    device_map : {None, "auto"}
+        ``"auto"`` spreads the model's layers over the GPUs (accelerate);
+        ``device`` is then ignored.
+    workers : int, optional
+        Split the runs over a local Dask cluster of this many worker
+        processes (each loads the model; with ``device="cuda"`` worker ``i``
+        uses GPU ``i`` modulo the GPUs there are). Needs ``llm2nifti[dask]``.
+    scheduler : str, optional
+        Split the runs over the existing Dask cluster at this address
+        (e.g. ``"tcp://10.0.0.1:8786"``); the workers must see ``out``'s
+        file system and load the same model. The per-run files are written
+        by the workers into the export's staging directory; the mean image
+        and the completion marks by this process. Either way the data are
+        those of a single-process export, array for array, and ``resume``
+        redoes the runs of workers that died.
     progress : bool
         Progress bar and messages.
     trial_type : str
@@ -180,16 +208,22 @@ def export(
     """
     started = time.perf_counter()
     out = _check_arguments(out, site, layout, run_tokens, max_runs, context, batch_size, dtype, nifti2, resume,
-                           overwrite, progress, text_field, blocks, down_proj, device)
+                           overwrite, progress, text_field, blocks, down_proj, device, model, torch_dtype,
+                           device_map, workers, scheduler)
     check_str("trial_type", trial_type)
     annotations = check_path("annotations", annotations, none_ok=True)
     check_trial_type(trial_type, annotations is not None)
+    if annotations is not None and (workers or scheduler):
+        raise ParameterError("`annotations` cannot be combined with `workers` or `scheduler` yet; export without them")
     labels_from = None if annotations is None else read_annotations(annotations)
     with OutputTransaction(out, what="export", is_output=is_export, overwrite=overwrite, resume=resume,
                            resumable=True, worth_keeping=worth_resuming) as tx:
         corpus = load_corpus(text, text_field, stdin=stdin)
-        loaded = model if isinstance(model, LoadedModel) else load_model(model or DEFAULT_MODEL, device,
-                                                                        progress=progress)
+        sharded = workers is not None or scheduler is not None
+        loaded = model if isinstance(model, LoadedModel) else load_model(  # the workers compute, not this process
+            model or DEFAULT_MODEL, "cpu" if sharded else device, torch_dtype=torch_dtype,
+            device_map=None if sharded else device_map, progress=progress)
+        run_device = loaded.input_device
         found = find_blocks(loaded.model, blocks, down_proj)
         cap = None if max_runs is None else max_runs * run_tokens
         runs = cut_runs(tokenize(loaded.tokenizer, corpus.text, cap), run_tokens, max_runs)
@@ -223,23 +257,28 @@ def export(
                                     None if labels is None else labels[run - 1])
 
         def activations():
-            per_batch = max(1, batch_size * context // run_tokens)  # runs per group of forward passes
-            for start in range(0, len(todo), per_batch):
-                chosen = todo[start:start + per_batch]
-                windows = runs[np.array(chosen) - 1].reshape(-1, context)
-                parts = [record(loaded.model, found, site, windows[i:i + batch_size], bos, device)
-                         for i in range(0, len(windows), batch_size)]
-                acts = (parts[0] if len(parts) == 1 else np.concatenate(parts)).reshape(len(chosen), run_tokens, -1)
+            for chosen in run_groups(todo, run_tokens, context, batch_size):
+                acts = record_runs(loaded.model, found, site, runs[np.array(chosen) - 1], context, batch_size, bos,
+                                   run_device)
                 for run, run_acts in zip(chosen, acts):
-                    sums = run_acts.sum(axis=0, dtype=np.float64)  # for the mean image; non-finite iff a value is
-                    check_finite(run_acts, sums, grid.neurons_per_layer, f"run {run}")
-                    np.add(totals, sums, out=totals)
+                    sums.add(run, checked_sums(run, run_acts, grid.neurons_per_layer))
                     yield run, run_acts
 
+        sums = OrderedSums(totals, todo)
         with progress_bar(n_runs, initial=len(done), unit="run", desc="export", enabled=progress) as bar:
-            for size in _in_background(write_run, activations()):
-                bytes_written += size
-                bar.update()
+            if not sharded:
+                for size in _in_background(write_run, activations()):
+                    bytes_written += size
+                    bar.update()
+            else:
+                from .export_shards import export_on_cluster
+
+                bytes_written += export_on_cluster(
+                    workers, scheduler, tx.staging, wanted, run_groups(todo, run_tokens, context, batch_size), runs,
+                    sums, bar, model=str(model or DEFAULT_MODEL), torch_dtype=torch_dtype, device_map=device_map,
+                    blocks=blocks, down_proj=down_proj, batch_size=batch_size, bos=bos, device=device,
+                    trial_type=trial_type)
+        sums.check_complete()
         bytes_written += writer.write_mean(totals / (n_runs * run_tokens))
         final = writer.finish()
         tx.commit()
@@ -257,14 +296,54 @@ def _check_resumable(previous: ExportRecord, wanted: ExportRecord) -> None:
         raise MismatchError(f"cannot resume: the interrupted export used other settings ({detail})")
 
 
+def run_groups(todo: list[int], run_tokens: int, context: int, batch_size: int) -> list[list[int]]:
+    """The runs computed together: ``batch_size`` windows of ``context`` tokens per forward pass.
+
+    A sharded export computes exactly the same groups, so every forward pass,
+    and every activation, is the one a single process computes.
+    """
+    per_batch = max(1, batch_size * context // run_tokens)
+    return [todo[start:start + per_batch] for start in range(0, len(todo), per_batch)]
+
+
+class OrderedSums:
+    """Adds per-run sums into ``totals`` in the order of ``runs``, whatever order they arrive in.
+
+    Float addition is not associative: adding in one fixed order makes the
+    mean image of a sharded export equal, bit for bit, a single process's.
+    Sums that arrive early wait until the runs before them are in.
+    """
+
+    def __init__(self, totals: np.ndarray, runs: list[int]):
+        self.totals, self.order, self.waiting, self.next = totals, list(runs), {}, 0
+
+    def add(self, run: int, sums: np.ndarray) -> None:
+        self.waiting[run] = sums
+        while self.next < len(self.order) and self.order[self.next] in self.waiting:
+            np.add(self.totals, self.waiting.pop(self.order[self.next]), out=self.totals)
+            self.next += 1
+
+    def check_complete(self) -> None:
+        if self.next != len(self.order):
+            raise RuntimeError(f"run {self.order[self.next]} was never computed")
+
+
+def checked_sums(run: int, acts: np.ndarray, n_neurons: int) -> np.ndarray:
+    """Float64 sums over a run's tokens (for the mean image); refuses a non-finite activation."""
+    sums = acts.sum(axis=0, dtype=np.float64)  # non-finite exactly where a value is
+    check_finite(acts, sums, n_neurons, f"run {run}")
+    return sums
+
+
 def _in_background(write, jobs, depth: int = 2):
-    """Run ``write(*job)`` on one background thread while ``jobs`` computes the next job.
+    """Run ``write(*job)`` on ``depth`` background threads while ``jobs`` computes the next job.
 
     At most ``depth`` jobs wait to be written, which bounds memory; results
-    come back in order. Compression releases the GIL, so writing overlaps the
-    model's forward passes.
+    come back in order. Up to ``depth`` runs are written at once, each
+    compressed on several threads (:func:`llm2nifti.formats.nifti.save`);
+    compression releases the GIL, so writing overlaps the model's forward passes.
     """
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=depth) as pool:
         pending: deque[Future] = deque()
         try:
             for job in jobs:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..checks import check_bool, check_path
+from ..cluster import check_cluster, joblib_on
 from ..console import log
 from ..formats.ica import is_ica_output, write_ica
 from ..ica import DEFAULTS, NeuronICA, open_runs
@@ -64,7 +65,8 @@ def run_ica(export_dir: str | Path, out: str | Path | None = None, *, method: st
             standardize=DEFAULTS["standardize"], detrend: bool = DEFAULTS["detrend"],
             threshold=DEFAULTS["threshold"], n_init: int = DEFAULTS["n_init"], alpha: float = DEFAULTS["alpha"],
             random_state=DEFAULTS["random_state"], n_jobs: int = DEFAULTS["n_jobs"], figures: bool = True,
-            score: bool = False, overwrite: bool = False, progress: bool = True, verbose: int = 0) -> IcaResult:
+            score: bool = False, overwrite: bool = False, progress: bool = True, verbose: int = 0,
+            scheduler: str | None = None) -> IcaResult:
     """Run nilearn's CanICA or DictLearning on an export, and write the results when ``out`` is given.
 
     Parameters
@@ -89,6 +91,11 @@ def run_ica(export_dir: str | Path, out: str | Path | None = None, *, method: st
         Progress messages.
     verbose : int
         nilearn's verbosity.
+    scheduler : str, optional
+        Address of a Dask cluster (``"tcp://host:8786"``) on which nilearn's
+        joblib work (``n_jobs`` jobs: the runs' reductions, CanICA's
+        restarts) runs; its workers must see ``export_dir``. Needs
+        ``llm2nifti[dask]``.
 
     Returns
     -------
@@ -100,12 +107,15 @@ def run_ica(export_dir: str | Path, out: str | Path | None = None, *, method: st
                     verbose=verbose)
     for name, value in (("figures", figures), ("score", score), ("overwrite", overwrite), ("progress", progress)):
         check_bool(name, value)
+    check_cluster(None, scheduler)
     export = open_runs(export_dir, runs, param="export_dir")
     ica.check_size(export)
     if out is None:
-        return IcaResult(_fit(ica, export, score, progress), time.perf_counter() - started, figures)
+        with joblib_on(scheduler):
+            return IcaResult(_fit(ica, export, score, progress), time.perf_counter() - started, figures)
     with _transaction(check_path("out", out), overwrite) as tx:
-        result = IcaResult(_fit(ica, export, score, progress), 0.0, figures)
+        with joblib_on(scheduler):
+            result = IcaResult(_fit(ica, export, score, progress), 0.0, figures)
         if progress:
             log.info("writing %s", tx.out)
         result._write_into(tx)

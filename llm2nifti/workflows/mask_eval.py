@@ -24,12 +24,13 @@ from ..errors import ParameterError
 from ..evaluation.controls import random_controls as draw_controls
 from ..evaluation.heldout import DEFAULT_CONTEXT, DEFAULT_MAX_TOKENS, EvalText, check_window, evaluation_text
 from ..evaluation.metrics import check_language_model, choice_accuracy, language_model_metrics, summarise
+from ..evaluation.prefix import LayerInputs
 from ..evaluation.tasks import ChoiceTask, load_tasks, task_paths
 from ..formats import maskeval
 from ..formats.selection import read_mask
 from ..indices import component_name, parse_index_list
-from ..masking import DEFAULT_FACTOR, DEFAULT_VALUE, apply_mask, check_mode, neuron_means
-from ..models import DEFAULT_MODEL, LoadedModel, load_model
+from ..masking import DEFAULT_FACTOR, DEFAULT_VALUE, apply_mask, check_mode, edit_indices, neuron_means
+from ..models import DEFAULT_MODEL, LoadedModel, check_model_placement, load_model
 from ..neuronmask import NeuronMask
 from ..sites import DEFAULT_SITE, SITES, Blocks, check_site, find_blocks
 from ..text import bos_token_id
@@ -281,19 +282,29 @@ class _Evaluator:
     device: str
     tasks: list[ChoiceTask]
     means: np.ndarray | None = None
+    layer_inputs: LayerInputs | None = None  # hidden states below the first masked layer, computed once
 
     def measure(self, condition: NeuronMask | None) -> dict:
         opts = self.options
         masked = contextlib.nullcontext() if condition is None else apply_mask(
             self.loaded, condition, opts.mode, site=self.site, factor=opts.factor, value=opts.value,
             means=self.means, blocks=self.blocks)
-        with masked:
+        with masked as edit:
+            start = min(edit.layers, default=0) if edit is not None else 0
+            # the unmasked baseline keeps the planned states; a pass masked from layer 0 needs none
+            inputs = self.layer_inputs if condition is None or start > 0 else None
             metrics = language_model_metrics(self.loaded.model, self.text.windows, self.bos, opts.batch_size,
-                                             self.device)
+                                             self.device, start_layer=start, layer_inputs=inputs)
             if self.tasks:
                 metrics["tasks"] = {t.name: choice_accuracy(self.loaded.model, self.loaded.tokenizer, t, self.bos,
                                                             self.device) for t in self.tasks}
         return metrics
+
+
+def _first_edited_layer(condition: NeuronMask, mode: str, n_layers: int, n_neurons: int) -> int:
+    """The first layer ``mode`` edits for ``condition``: where its passes (and its controls') can start."""
+    edited = [layer for layer, idx in edit_indices(condition, mode, n_layers, n_neurons).items() if len(idx)]
+    return min(edited, default=0)
 
 
 def _conditions(mask: NeuronMask, names: list[str], union: bool) -> list[tuple[str, NeuronMask]]:
@@ -352,13 +363,16 @@ def _settings(evaluator: _Evaluator, masks, mask: NeuronMask) -> dict:
     }
 
 
-def _evaluate(model, masks, components, tasks, opts: _Options, device: str, progress: bool) -> MaskEvalResult:
+def _evaluate(model, masks, components, tasks, opts: _Options, device: str, progress: bool,
+              placement: tuple = ("float32", None)) -> MaskEvalResult:
     mask = masks if isinstance(masks, NeuronMask) else read_mask(masks)
     site = check_site(opts.site or mask.site or DEFAULT_SITE)
     names = component_names(mask, components)
     task_list = load_tasks(tasks)
-    loaded = model if isinstance(model, LoadedModel) else load_model(model or DEFAULT_MODEL, device, progress=progress)
-    run_device = str(next(loaded.model.parameters()).device)
+    torch_dtype, device_map = placement
+    loaded = model if isinstance(model, LoadedModel) else load_model(
+        model or DEFAULT_MODEL, device, torch_dtype=torch_dtype, device_map=device_map, progress=progress)
+    run_device = loaded.input_device
     found = find_blocks(loaded.model)
     n_layers, n_neurons = found.n_layers, found.n_neurons(site)
     mask.check_compatible(loaded.provenance, site=site, n_layers=n_layers, n_neurons=n_neurons)
@@ -367,12 +381,15 @@ def _evaluate(model, masks, components, tasks, opts: _Options, device: str, prog
     check_language_model(loaded.model, opts.context, bos is not None)
     text = evaluation_text(loaded.tokenizer, mask.provenance, opts.text, text_field=opts.text_field,
                            max_tokens=opts.max_tokens, context=opts.context)
-    evaluator = _Evaluator(loaded, found, site, opts, text, bos, run_device, task_list)
+    conditions = _conditions(mask, names, opts.union)
+    layer_inputs = LayerInputs(loaded.model, found)
+    layer_inputs.plan(_first_edited_layer(condition, opts.mode, n_layers, n_neurons) for _, condition in conditions)
+    evaluator = _Evaluator(loaded, found, site, opts, text, bos, run_device, task_list, layer_inputs=layer_inputs)
     if opts.mode == "mean":
         evaluator.means = neuron_means(loaded, site, token_ids=text.reference, batch_size=opts.batch_size,
                                        blocks=found, context=min(opts.context, len(text.reference)),
                                        device=run_device)
-    baseline, rows = _measure_all(evaluator, _conditions(mask, names, opts.union), n_layers, n_neurons, progress)
+    baseline, rows = _measure_all(evaluator, conditions, n_layers, n_neurons, progress)
     return MaskEvalResult(baseline, rows, _settings(evaluator, masks, mask))
 
 
@@ -400,6 +417,8 @@ def mask_eval(
     csv: str | Path | None = None,
     plot: str | Path | None = None,
     device: str = "cpu",
+    torch_dtype: str = "float32",
+    device_map: str | None = None,
     progress: bool = True,
 ) -> MaskEvalResult:
     """Measure a model with each component of a mask applied, against same-size random controls.
@@ -450,6 +469,10 @@ def mask_eval(
         the JSON to standard output. They may not lie inside ``out``.
     device : str
         Torch device when ``model`` is loaded here (checked in any case).
+    torch_dtype : {"float32", "bfloat16", "float16"}
+        Dtype the model computes in, when it is loaded here.
+    device_map : {None, "auto"}
+        ``"auto"`` spreads the model's layers over the GPUs (accelerate).
     progress : bool
         Show a progress bar over the evaluations.
 
@@ -479,6 +502,7 @@ def mask_eval(
                           seed, factor, value)
     model = _check_model(model)
     device = check_device(device)
+    check_model_placement(model, torch_dtype, device_map)
     check_bool("overwrite", overwrite)
     check_bool("progress", progress)
     out = check_path("out", out, none_ok=True)
@@ -487,7 +511,7 @@ def mask_eval(
     if not isinstance(masks, NeuronMask):
         masks = check_path("masks", masks)
     with contextlib.nullcontext() if out is None else _transaction(out, overwrite) as tx:
-        result = _evaluate(model, masks, components, tasks, opts, device, progress)
+        result = _evaluate(model, masks, components, tasks, opts, device, progress, (torch_dtype, device_map))
         if tx is not None:
             result._write_into(tx.staging)
             tx.commit()
