@@ -12,6 +12,9 @@ Layout of an export (``<sub>`` is the model label, ``<task>`` the text)::
         sub-<sub>_task-<task>_desc-brain_mask.nii.gz
         sub-<sub>_task-<task>_desc-layers_dseg.nii.gz (+ .tsv)
         sub-<sub>_task-<task>_desc-mean_boldref.nii.gz   mean activation, a viewer underlay
+        sub-<sub>_task-<task>_desc-std_boldref.nii.gz    standard deviation of each neuron (non-negative)
+        sub-<sub>_task-<task>_desc-maxabs_boldref.nii.gz largest |activation| of each neuron
+    neuron_stats.tsv                  layer neuron label mean std max_abs massive (see llm2nifti.neuronstats)
 
 An export is written by :class:`ExportWriter` inside an
 :class:`~llm2nifti.transaction.OutputTransaction` and read back, checked, by
@@ -39,6 +42,10 @@ EXPORT_RECORD = "export.json"
 DESCRIPTION = "dataset_description.json"
 REPETITION_TIME = 1.0  # one token per second: a convention, not a measurement
 BIDSIGNORE = ("export.json", "neurons.tsv", "atlas", "*_boldref.nii.gz", "figures", "*.lut", "*.xml")
+#: The per-neuron statistics table (not a BIDS file).
+NEURON_STATS = "neuron_stats.tsv"
+NEURON_STATS_COLUMNS = ("layer", "neuron", "label", "mean", "std", "max_abs", "massive")
+BIDSIGNORE = (*BIDSIGNORE, NEURON_STATS)
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,18 @@ class DatasetPaths:
     @property
     def mean(self) -> Path:
         return self.func / f"{self.prefix}_desc-mean_boldref.nii.gz"
+
+    @property
+    def std(self) -> Path:
+        return self.func / f"{self.prefix}_desc-std_boldref.nii.gz"
+
+    @property
+    def maxabs(self) -> Path:
+        return self.func / f"{self.prefix}_desc-maxabs_boldref.nii.gz"
+
+    @property
+    def neuron_stats_tsv(self) -> Path:
+        return self.root / NEURON_STATS
 
     @property
     def events_json(self) -> Path:
@@ -257,6 +276,16 @@ class ExportWriter:
              self.paths.mean)
         return self.paths.mean.stat().st_size
 
+    def write_stats(self, stats) -> int:
+        """The standard deviation and max |x| images and ``neuron_stats.tsv`` (a :class:`NeuronStats`)."""
+        from .nifti import save, volume_image
+
+        site = self.record.grid.site
+        for path, values, what in ((self.paths.std, stats.std, "std"), (self.paths.maxabs, stats.max_abs, "maxabs")):
+            save(volume_image(self.layout, values, np.float32, f"llm2nifti {site} {what}"), path)
+        write_neuron_stats(self.paths.neuron_stats_tsv, stats, self.layout.n_layers, self.layout.n_neurons)
+        return sum(p.stat().st_size for p in (self.paths.std, self.paths.maxabs, self.paths.neuron_stats_tsv))
+
     def finish(self) -> ExportRecord:
         """README, the complete record, and last the completion mark ``dataset_description.json``."""
         from dataclasses import replace
@@ -266,6 +295,66 @@ class ExportWriter:
         write_json(self.paths.record, self.record.to_json())
         write_json(self.paths.description, description(self.record))
         return self.record
+
+
+def neuron_stats_text(stats, n_layers: int, n_neurons: int) -> str:
+    """``neuron_stats.tsv``: one row per neuron (layer-major), ``massive`` 1 or 0 (rule: :mod:`llm2nifti.neuronstats`)."""
+    from ..indices import neuron_label
+    from ..neuronstats import massive
+
+    std, max_abs = stats.std, stats.max_abs
+    flags = massive(max_abs, std)
+    lines = ["\t".join(NEURON_STATS_COLUMNS)]
+    for index in range(n_layers * n_neurons):
+        layer, neuron = divmod(index, n_neurons)
+        lines.append(f"{layer}\t{neuron}\t{neuron_label(layer, neuron)}\t{stats.mean[index]:.9g}\t{std[index]:.9g}"
+                     f"\t{max_abs[index]:.9g}\t{int(flags[index])}")
+    return "\n".join(lines) + "\n"
+
+
+def write_neuron_stats(path: Path, stats, n_layers: int, n_neurons: int) -> None:
+    write_text(path, neuron_stats_text(stats, n_layers, n_neurons))
+
+
+def read_neuron_stats(path, n_layers: int | None = None, n_neurons: int | None = None):
+    """A :class:`~llm2nifti.neuronstats.NeuronTable` from ``neuron_stats.tsv`` (or the export directory holding it).
+
+    Raises
+    ------
+    DamagedFileError
+        For a table that is unreadable, has a non-numeric or negative cell, or
+        does not list every neuron of an ``n_layers`` x ``n_neurons`` site once.
+    """
+    from ..neuronstats import NeuronTable
+    from .tables import int_column, read_tsv
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / NEURON_STATS
+    rows = read_tsv(path, NEURON_STATS_COLUMNS, what="neuron statistics table")
+    layers = np.array(int_column(rows, "layer", path), dtype=np.int64)
+    neurons = np.array(int_column(rows, "neuron", path), dtype=np.int64)
+    n_layers = int(layers.max()) + 1 if n_layers is None else n_layers
+    n_neurons = int(neurons.max()) + 1 if n_neurons is None else n_neurons
+    flat = layers * n_neurons + neurons
+    if (len(rows) != n_layers * n_neurons or layers.min() < 0 or neurons.min() < 0 or neurons.max() >= n_neurons
+            or np.any(np.sort(flat) != np.arange(n_layers * n_neurons))):
+        raise DamagedFileError(f"{path}: does not list each of {n_layers} x {n_neurons} neurons exactly once")
+    columns = {}
+    for name in ("mean", "std", "max_abs"):
+        try:
+            values = np.array([float(r[name]) for r in rows], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DamagedFileError(f"{path}: column {name} holds a value that is not a number") from None
+        if not np.all(np.isfinite(values)) or (name != "mean" and np.any(values < 0)):
+            raise DamagedFileError(f"{path}: column {name} holds a non-finite or negative value")
+        grid = np.empty(n_layers * n_neurons)
+        grid[flat] = values
+        columns[name] = grid.reshape(n_layers, n_neurons)
+    flags = np.zeros(n_layers * n_neurons, dtype=bool)
+    flags[flat] = [r["massive"].strip() == "1" for r in rows]
+    return NeuronTable(n_layers, n_neurons, columns["mean"], columns["std"], columns["max_abs"],
+                       flags.reshape(n_layers, n_neurons), str(path))
 
 
 def is_export(path: Path) -> bool:

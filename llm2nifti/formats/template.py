@@ -6,6 +6,7 @@ Files of a template directory (``<label>`` is the model's BIDS label)::
     tpl-<label>_desc-brain_mask.nii.gz
     tpl-<label>_desc-layers_dseg.nii.gz   tpl-<label>_desc-layers_dseg.tsv
     tpl-<label>_desc-mean_boldref.nii.gz
+    tpl-<label>_desc-std_boldref.nii.gz  tpl-<label>_desc-maxabs_boldref.nii.gz  neuron_stats.tsv
     atlas/layers.nii.gz  atlas/layers.lut  atlas/layers.xml
 
 The image, atlas and neuron-map files are byte for byte those of an export of
@@ -86,6 +87,9 @@ def file_names(label: str) -> dict[str, str]:
         "dseg": f"{prefix}_desc-layers_dseg.nii.gz",
         "dseg_tsv": f"{prefix}_desc-layers_dseg.tsv",
         "mean": f"{prefix}_desc-mean_boldref.nii.gz",
+        "std": f"{prefix}_desc-std_boldref.nii.gz",
+        "maxabs": f"{prefix}_desc-maxabs_boldref.nii.gz",
+        "neuron_stats_tsv": "neuron_stats.tsv",
         "neurons_tsv": NEURON_MAP,
     }
 

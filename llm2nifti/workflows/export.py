@@ -18,6 +18,7 @@ from ..formats.export import DatasetPaths, ExportWriter, is_export, read_export_
 from ..formats.nifti import DTYPES, check_volumes
 from ..layout import LAYOUTS, VOXEL_SIZE_MM, NeuronLayout
 from ..models import DEFAULT_MODEL, LoadedModel, load_model, model_label
+from ..neuronstats import NeuronStats
 from ..recording import check_finite, record
 from ..records import ExportRecord, Grid, ModelIdentity, TextSpan
 from ..sites import HOOK_POINTS, SITES, find_blocks
@@ -198,6 +199,9 @@ def export(
         done = [run for run in range(1, n_runs + 1) if tx.adopted and writer.run_complete(run)]
         totals = sum((_column_sums(writer.paths.bold(run), writer.layout) for run in done),
                      np.zeros(writer.layout.n_total))
+        stats = NeuronStats.empty(writer.layout.n_total)
+        for run in done:
+            stats.add(_stored_stats(writer.paths.bold(run), writer.layout))
         todo = [run for run in range(1, n_runs + 1) if run not in done]
 
         def write_run(run: int, acts: np.ndarray) -> int:
@@ -216,6 +220,7 @@ def export(
                     sums = run_acts.sum(axis=0, dtype=np.float64)  # for the mean image; non-finite iff a value is
                     check_finite(run_acts, sums, grid.neurons_per_layer, f"run {run}")
                     np.add(totals, sums, out=totals)
+                    stats.add(NeuronStats.of(run_acts))  # exact float64 per run, merged (Chan et al.)
                     yield run, run_acts
 
         with progress_bar(n_runs, initial=len(done), unit="run", desc="export", enabled=progress) as bar:
@@ -223,6 +228,7 @@ def export(
                 bytes_written += size
                 bar.update()
         bytes_written += writer.write_mean(totals / (n_runs * run_tokens))
+        bytes_written += writer.write_stats(stats)
         final = writer.finish()
         tx.commit()
     seconds = time.perf_counter() - started
@@ -278,3 +284,11 @@ def _column_sums(path: Path, grid: NeuronLayout) -> np.ndarray:
 
     data = np.asarray(nib.load(path).dataobj, dtype=np.float32)
     return data[tuple(grid.voxels.T)].sum(axis=-1, dtype=np.float64)
+
+
+def _stored_stats(path: Path, grid: NeuronLayout) -> NeuronStats:
+    """Per-neuron statistics of an existing run (for resumed exports: the values as written)."""
+    import nibabel as nib
+
+    data = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+    return NeuronStats.of(data[tuple(grid.voxels.T)].T)
