@@ -298,7 +298,7 @@ class ExportWriter:
 
 
 def neuron_stats_text(stats, n_layers: int, n_neurons: int) -> str:
-    """``neuron_stats.tsv``: one row per neuron (layer-major), ``massive`` 1 or 0 (rule: :mod:`llm2nifti.neuronstats`)."""
+    """``neuron_stats.tsv``: one row per neuron (layer-major); ``massive`` 1 or 0 (see :mod:`llm2nifti.neuronstats`)."""
     from ..indices import neuron_label
     from ..neuronstats import massive
 
