@@ -502,3 +502,25 @@ def test_an_interrupted_mask_eval_resumes_reusing_its_baseline_and_finished_cond
     assert sorted(p.name for p in out.iterdir()) == OUTPUT_FILES and not staging.exists()
     fresh = mask_eval(loaded, mask, **{**kwargs, "out": None})
     assert [c["loss"] for c in fresh.conditions] == pytest.approx([c["loss"] for c in result.conditions])
+
+
+def test_a_bare_table_with_its_export_is_held_out_and_uses_the_exports_statistics(tiny_export, tmp_path):
+    from conftest import make_tiny
+
+    from llm2nifti.formats.export import read_export_record
+
+    record = read_export_record(tiny_export)
+    tsv = tmp_path / "neurons.tsv"
+    tsv.write_text("component\tlayer\tneuron\tweight\nA\t0\t3\t1.5\nA\t2\t20\t2.0\nA\t1\t7\tn/a\n")
+    kwargs = dict(site="mlp.hidden", text=record.text.corpus, random_controls=3, max_tokens=96, context=32,
+                  progress=False)
+    alone = mask_eval(make_tiny("llama"), str(tsv), **kwargs)
+    assert not alone.settings["HeldOut"] and "computed on" in alone.settings["Statistics"]
+    held = mask_eval(make_tiny("llama"), str(tsv), export=tiny_export, **kwargs)
+    assert held.settings["HeldOut"] and held.settings["TokenStart"] == record.text.token_range[1]
+    assert held.settings["Statistics"].startswith(f"export {tiny_export}")
+    assert held.settings["Export"] == str(tiny_export) and held.settings["Control"] == "layer-variance"
+    union = held.conditions[0]
+    assert union["set"]["n_neurons"] == 3 and union["set"]["layer_counts"] == [1, 1, 1]
+    assert 0 < union["set"]["variance_share"] < 1 and union["null"]["n"] == 3
+    assert held.conditions[-1]["name"] == "variance-ranked"
