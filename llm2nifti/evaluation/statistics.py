@@ -13,8 +13,9 @@ empirical p-value
 whatever the null's shape. Two warnings flag a null that should not be
 summarised by one number:
 
-- *multimodal*: the sorted control effects have a gap wider than half their
-  range, with at least two controls (and 10 %) on each side;
+- *multimodal*: the sorted control effects (at least 8) have a gap wider than
+  a third of their range, with at least two controls (and 10 %) on each side
+  (on 20 normal draws this fires 0.6 % of the time, on log-normal ones 6 %);
 - *dominated*: the largest 10 % of the controls (at least one) carry more than
   half of the controls' total damage (sum of positive ``delta_loss``).
 """
@@ -27,6 +28,10 @@ import numpy as np
 
 #: Share of draws on each side of a gap that makes a null multimodal.
 GAP_SIDE_SHARE = 0.1
+#: A gap wider than this share of the null's range makes it multimodal.
+GAP_SHARE = 1 / 3
+#: Fewer draws than this say nothing about modes.
+MIN_DRAWS_FOR_MODES = 8
 #: Share of the total damage above which the top 10 % of draws dominate the null.
 DOMINANCE_SHARE = 0.5
 #: Differences below this (nats) are numerical noise, not a distribution's shape.
@@ -47,12 +52,12 @@ def null_warnings(null) -> list[str]:
     null = null[np.isfinite(null)]
     n = len(null)
     warnings = []
-    if n >= 4:
+    if n >= MIN_DRAWS_FOR_MODES:
         spread = null[-1] - null[0]
         gaps = np.diff(null)
         side = max(2, math.ceil(GAP_SIDE_SHARE * n))
         inner = gaps[side - 1:n - side]  # gaps with at least `side` draws on each side
-        if spread > NOISE and len(inner) and inner.max() > spread / 2:
+        if spread > NOISE and len(inner) and inner.max() > spread * GAP_SHARE:
             at = int(np.argmax(inner)) + side
             warnings.append(f"multimodal null: {at} controls at or below {null[at - 1]:+.4g}, {n - at} at or above "
                             f"{null[at]:+.4g}; read the distribution, not its centre")
