@@ -110,7 +110,7 @@ def plot_components_layers(maps, layout: NeuronLayout, *, titles=None, ncols: in
 
 
 def plot_mask_eval(result):
-    """Loss and accuracy of each mask-eval condition (red) next to its random controls (grey, mean +- sd).
+    """Each mask-eval condition's effect (red) against its null distribution (grey: every control, median, 5-95%).
 
     Parameters
     ----------
@@ -136,15 +136,21 @@ def plot_mask_eval(result):
         for i, c in enumerate(conditions):
             ctrl = c["controls"]
             if ctrl:
-                values = ctrl["losses"] if metric == "loss" else ctrl["accuracies"]
+                values = np.asarray([v for v in (ctrl["losses"] if metric == "loss" else ctrl["accuracies"])
+                                     if v is not None], dtype=float)
                 ax.scatter(np.full(len(values), i + 0.18), values, s=10, color="0.6", zorder=2)
-                ax.errorbar(i + 0.18, ctrl[f"mean_{metric}"], yerr=ctrl[f"std_{metric}"] or 0, fmt="s",
-                            color="0.35", capsize=4, label="random controls (mean +- sd)" if i == 0 else None,
-                            zorder=3)
+                if len(values):
+                    q05, median, q95 = np.quantile(values, [0.05, 0.5, 0.95])
+                    ax.errorbar(i + 0.18, median, yerr=[[median - q05], [q95 - median]], fmt="s", color="0.35",
+                                capsize=4, zorder=3,
+                                label=f"null: {ctrl.get('kind', 'layer')} controls (median, 5-95%)" if i == 0 else None)
             ax.plot(i - 0.18, c[metric], "o", color="tab:red", markersize=8, label="mask" if i == 0 else None,
                     zorder=4)
-        ax.set_xticks(np.arange(len(names)), [f"{n}\n({c['n_neurons']})" for n, c in zip(names, conditions)],
-                      fontsize=8)
+        ticks = []
+        for n, c in zip(names, conditions):
+            p_value = (c.get("null") or {}).get("p_value")
+            ticks.append(f"{n}\n({c['n_neurons']})" + ("" if p_value is None else f"\np={p_value:.3f}"))
+        ax.set_xticks(np.arange(len(names)), ticks, fontsize=8)
         ax.set_xlim(-0.7, len(names) - 0.3)
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)

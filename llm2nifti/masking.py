@@ -10,6 +10,9 @@ Modes (``x`` is the activation of a masked neuron at the site):
     preservation test of Liu et al. (arXiv 2502.20408).
 ``mean``
     ``x -> mean of x`` over reference text (:func:`neuron_means`).
+``mean-keep``
+    As ``keep``, but the neurons outside the mask are set to their means, not
+    to 0 (a gentler preservation test: the model keeps its average signal).
 ``scale``
     ``x -> factor * x`` (amplification when ``factor > 1``).
 ``add``
@@ -37,7 +40,9 @@ from .recording import record
 from .sites import DEFAULT_SITE, Blocks, check_site, find_blocks, site_hooks
 from .text import bos_token_id, load_corpus, tokenize
 
-MODES = ("ablate", "keep", "mean", "scale", "add")
+MODES = ("ablate", "keep", "mean", "scale", "add", "mean-keep")
+#: Modes that set neurons to their means (and need ``means``).
+MEAN_MODES = ("mean", "mean-keep")
 DEFAULT_FACTOR = 2.0
 DEFAULT_VALUE = 1.0
 
@@ -62,12 +67,12 @@ class LayerEdit:
         self.mode = check_mode(mode)
         self.factor = check_float("factor", factor)
         self.value = check_float("value", value)
-        if mode == "mean" and means is None:
-            raise ParameterError("mode 'mean' needs `means`, one value per neuron")
+        if mode in MEAN_MODES and means is None:
+            raise ParameterError(f"mode {mode!r} needs `means`, one value per neuron")
         self._indices = {int(layer): torch.as_tensor(np.asarray(idx), dtype=torch.long)
                          for layer, idx in indices.items() if len(idx)}
         self._means = None
-        if mode == "mean":
+        if mode in MEAN_MODES:
             self._means = {layer: torch.as_tensor(np.asarray(means)[layer][idx.numpy()], dtype=torch.float32)
                            for layer, idx in self._indices.items()}
         self._on_device: dict[tuple[int, torch.device], tuple] = {}
@@ -91,7 +96,7 @@ class LayerEdit:
         idx, mean = self._tensors(layer, x.device)
         if self.mode in ("ablate", "keep"):
             return x.index_fill(-1, idx, 0.0)
-        if self.mode == "mean":
+        if self.mode in MEAN_MODES:
             new = mean.to(x.dtype).expand(*x.shape[:-1], len(idx))
         elif self.mode == "scale":
             new = x.index_select(-1, idx) * self.factor
@@ -118,7 +123,7 @@ def _unwrap(model) -> tuple[torch.nn.Module, dict]:
 def edit_indices(mask: NeuronMask, mode: str, n_layers: int, n_neurons: int, component=None) -> dict[int, np.ndarray]:
     """Per-layer neuron indices that ``mode`` edits: the mask's, or for ``keep`` their complement."""
     own = mask.by_layer(component)
-    if mode != "keep":
+    if mode not in ("keep", "mean-keep"):
         return own
     every = np.arange(n_neurons)
     return {layer: np.setdiff1d(every, own.get(layer, []), assume_unique=True) for layer in range(n_layers)}
@@ -145,7 +150,7 @@ def apply_mask(
         With a :class:`~llm2nifti.models.LoadedModel` the mask's model
         provenance is checked too; with a bare module only the sizes.
     mask : NeuronMask
-    mode : {"ablate", "keep", "mean", "scale", "add"}
+    mode : {"ablate", "keep", "mean", "scale", "add", "mean-keep"}
         See the module docstring.
     site : {"mlp.out", "mlp.hidden", "resid"}, optional
         Where to apply it; default the mask's own site, else ``mlp.out``.
@@ -187,7 +192,7 @@ def apply_mask(
     found = blocks or find_blocks(module)
     n_layers, n_neurons = found.n_layers, found.n_neurons(site)
     mask.check_compatible(provenance, site=site, n_layers=n_layers, n_neurons=n_neurons)
-    if mode == "mean":
+    if mode in MEAN_MODES:
         means = _check_means(model, means, site, n_layers, n_neurons, found)
     edit = LayerEdit(edit_indices(mask, mode, n_layers, n_neurons, component), mode, factor, value, means)
     with site_hooks(found, site, edit, layers=edit.layers):

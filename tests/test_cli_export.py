@@ -197,6 +197,9 @@ def test_killed_export_leaves_nothing_complete_looking_and_resume_finishes(tmp_p
     np.testing.assert_allclose(np.asarray(nib.load(clean.paths.mean).dataobj),
                                np.asarray(nib.load(out_dir / clean.paths.mean.relative_to(clean.out_dir)).dataobj),
                                atol=1e-6)
+    for image in (clean.paths.std, clean.paths.maxabs):  # per-neuron statistics survive a resume
+        np.testing.assert_allclose(np.asarray(nib.load(image).dataobj),
+                                   np.asarray(nib.load(out_dir / image.relative_to(clean.out_dir)).dataobj), atol=1e-6)
 
 
 def test_resume_refuses_other_settings(tmp_path, tiny_llama_dir, text_file, monkeypatch):

@@ -204,7 +204,7 @@ def test_localizer_cli_then_mask_eval(tmp_path):
     glm = open_glm(out / "glm")
     top = np.sort(glm.t[0])[::-1][:mask.size("C0")]
     assert sorted(mask.weights("C0").values(), reverse=True) == pytest.approx(top, rel=1e-5)
-    result = mask_eval(model, out / "mask", max_tokens=256, context=64, random_controls=1, union=False,
+    result = mask_eval(model, out / "mask", max_tokens=256, context=64, random_controls=1,
                        progress=False)
     assert [c["name"] for c in result.conditions] == ["C0"] and result.conditions[0]["controls"]["n"] == 1
     again = CliRunner().invoke(main, ["localizer", "--model", str(model_dir), "--out", str(out)])

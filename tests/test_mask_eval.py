@@ -30,7 +30,7 @@ from llm2nifti.neuronmask import NeuronMask
 from llm2nifti.workflows.mask_eval import MaskEvalResult, component_names, mask_eval
 
 TEXT = "".join(f"Line {i}: the cat sat on the mat and looked at the {i % 7} birds.\n" for i in range(40))
-FAST = dict(max_tokens=96, context=32, batch_size=3, progress=False)
+FAST = dict(max_tokens=96, context=32, batch_size=3, progress=False, conditions="all", variance_ranked=False)
 OUTPUT_FILES = ["mask-eval.csv", "mask-eval.json", "mask-eval.png"]
 
 
@@ -83,13 +83,14 @@ def test_controls_applied_by_mask_eval_match_their_condition(loaded, mask, text_
         return real(model, condition, *args, **kwargs)
 
     monkeypatch.setattr(workflow, "apply_mask", spy)
-    mask_eval(loaded, mask, text=str(text_file), random_controls=2, **FAST)
+    mask_eval(loaded, mask, text=str(text_file), random_controls=2, control="layer", **FAST)
     assert [name for name, _, _ in applied] == ["C0", "C0-control0", "C0-control1", "C1", "C1-control0",
                                                 "C1-control1", "union", "union-control0", "union-control1"]
     for start in range(0, len(applied), 3):
         counts = applied[start][1]
         assert applied[start + 1][1] == counts and applied[start + 2][1] == counts
         assert applied[start + 1][2] != applied[start + 2][2]
+        assert not (applied[start + 1][2] | applied[start + 2][2]) & applied[start][2]  # disjoint
 
 
 # -- metrics and the result ------------------------------------------------------------------
@@ -131,7 +132,8 @@ def test_metrics_and_result_layout(loaded, mask, text_file, tmp_path):
     assert table.splitlines()[0].startswith("condition") and "union" in table
     summary = result.summary()
     assert summary.startswith("mask-eval: ablate at mlp.out on 96 tokens (not held out)")
-    assert [line.split(":")[0].strip() for line in summary.splitlines()[1:]] == ["C0", "C1", "union"]
+    names = [line.split(":")[0].strip() for line in summary.splitlines()[1:] if not line.startswith("    ")]
+    assert names == ["C0", "C1", "union"]
     assert MaskEvalResult.read(out).to_dict() == json.loads(json.dumps(data))
 
 
@@ -250,7 +252,11 @@ def test_components_all_names_and_indices(mask):
     (dict(batch_size=0), "`batch_size` must be at least 1"),
     (dict(context=1), "`context` must be at least 2"),
     (dict(max_tokens=16, context=32), "`max_tokens` 16 is less than one `context` window of 32"),
-    (dict(union="no"), "`union` must be True or False"),
+    (dict(conditions="both"), "`conditions` must be one of"),
+    (dict(control="random"), "`control` must be one of"),
+    (dict(control="layer", control_fraction=0.15), "`control_fraction` applies to `control` 'global' only"),
+    (dict(control="global", control_fraction=1.5), r"`control_fraction` must lie in \(0, 1\)"),
+    (dict(resume=True, overwrite=True), "give one of `resume` and `overwrite`"),
     (dict(site="mlp.in"), "`site` must be one of"),
     (dict(text_field=""), "`text_field` must be a non-empty string"),
     (dict(device=3), "`device` must be a string"),
@@ -390,7 +396,7 @@ def test_cli_with_a_bare_tsv(tiny_llama_dir, text_file, tmp_path):
     tsv.write_text("component\tlayer\tneuron\tweight\nA\t0\t3\t1.5\nA\t2\t20\t2.0\nB\t1\t1\tn/a\n")
     runner = CliRunner()
     args = ["mask-eval", "--model", str(tiny_llama_dir), "--masks", str(tsv), "--text", str(text_file),
-            "--max-tokens", "64", "--context", "32", "--random-controls", "1", "--quiet"]
+            "--max-tokens", "64", "--context", "32", "--random-controls", "1", "--conditions", "all", "--quiet"]
     # neuron 20 exists in mlp.hidden (24 neurons) but not in mlp.out (16)
     result = runner.invoke(main, [*args, "--out", str(tmp_path / "e")])
     assert result.exit_code == 1
@@ -406,11 +412,11 @@ def test_cli_with_a_bare_tsv(tiny_llama_dir, text_file, tmp_path):
     assert sorted(p.name for p in (tmp_path / "e").iterdir()) == OUTPUT_FILES
     result = runner.invoke(main, [*args, "--site", "mlp.hidden", "--json", "-"])
     assert result.exit_code == 0 and json.loads(result.output)["conditions"][0]["name"] == "A"
-    result = runner.invoke(main, [*args, "--site", "mlp.hidden", "--components", "all", "--no-union",
-                                  "--out", str(tmp_path / "e")])
+    result = runner.invoke(main, [*args, "--site", "mlp.hidden", "--components", "all", "--conditions", "components",
+                                  "--no-variance-ranked", "--out", str(tmp_path / "e")])
     assert result.exit_code == 1 and "pass --overwrite" in result.output
-    result = runner.invoke(main, [*args, "--site", "mlp.hidden", "--components", "all", "--no-union",
-                                  "--out", str(tmp_path / "e"), "--overwrite"])
+    result = runner.invoke(main, [*args, "--site", "mlp.hidden", "--components", "all", "--conditions", "components",
+                                  "--no-variance-ranked", "--out", str(tmp_path / "e"), "--overwrite"])
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "e" / "mask-eval.json").read_text())
     assert [c["name"] for c in data["conditions"]] == ["A", "B"]
@@ -453,3 +459,68 @@ def test_real_model_end_to_end(smollm2, tmp_path):
     data = json.loads((tmp_path / "eval" / "mask-eval.json").read_text())
     assert data["settings"]["HeldOut"] and data["conditions"][0]["n_neurons"] == 20
     assert 1 < data["baseline"]["perplexity"] < 100
+
+
+# -- resuming ------------------------------------------------------------------------------------
+def test_an_interrupted_mask_eval_resumes_reusing_its_baseline_and_finished_conditions(loaded, mask, text_file,
+                                                                                        tmp_path, monkeypatch):
+    out = tmp_path / "eval"
+    kwargs = dict(text=str(text_file), random_controls=2, out=out, control="layer", **FAST)
+    real = workflow._measure_condition
+    measured = []
+
+    def failing(evaluator, name, *args):
+        if name == "C1":
+            raise RuntimeError("killed")
+        measured.append(name)
+        return real(evaluator, name, *args)
+
+    monkeypatch.setattr(workflow, "_measure_condition", failing)
+    with pytest.raises(RuntimeError, match="killed"):
+        mask_eval(loaded, mask, **kwargs)
+    staging = tmp_path / ".eval.partial"
+    assert not out.exists() and (staging / "mask-eval.partial.json").is_file()
+    with pytest.raises(OutputExistsError, match="resume"):
+        mask_eval(loaded, mask, **kwargs)
+
+    baselines = []
+    real_measure = workflow._Evaluator.measure
+
+    def measure(self, condition):
+        if condition is None:
+            baselines.append(1)
+        return real_measure(self, condition)
+
+    monkeypatch.setattr(workflow, "_measure_condition", lambda evaluator, name, *args: (
+        measured.append(name), real(evaluator, name, *args))[1])
+    monkeypatch.setattr(workflow._Evaluator, "measure", measure)
+    with pytest.raises(MismatchError, match="RandomControls"):
+        mask_eval(loaded, mask, **{**kwargs, "random_controls": 3}, resume=True)
+    result = mask_eval(loaded, mask, **kwargs, resume=True)
+    assert measured == ["C0", "C1", "union"] and not baselines  # C0 and the baseline were reused
+    assert [c["name"] for c in result.conditions] == ["C0", "C1", "union"]
+    assert sorted(p.name for p in out.iterdir()) == OUTPUT_FILES and not staging.exists()
+    fresh = mask_eval(loaded, mask, **{**kwargs, "out": None})
+    assert [c["loss"] for c in fresh.conditions] == pytest.approx([c["loss"] for c in result.conditions])
+
+
+def test_a_bare_table_with_its_export_is_held_out_and_uses_the_exports_statistics(tiny_export, tmp_path):
+    from conftest import make_tiny
+
+    from llm2nifti.formats.export import read_export_record
+
+    record = read_export_record(tiny_export)
+    tsv = tmp_path / "neurons.tsv"
+    tsv.write_text("component\tlayer\tneuron\tweight\nA\t0\t3\t1.5\nA\t2\t20\t2.0\nA\t1\t7\tn/a\n")
+    kwargs = dict(site="mlp.hidden", text=record.text.corpus, random_controls=3, max_tokens=96, context=32,
+                  progress=False)
+    alone = mask_eval(make_tiny("llama"), str(tsv), **kwargs)
+    assert not alone.settings["HeldOut"] and "computed on" in alone.settings["Statistics"]
+    held = mask_eval(make_tiny("llama"), str(tsv), export=tiny_export, **kwargs)
+    assert held.settings["HeldOut"] and held.settings["TokenStart"] == record.text.token_range[1]
+    assert held.settings["Statistics"].startswith(f"export {tiny_export}")
+    assert held.settings["Export"] == str(tiny_export) and held.settings["Control"] == "layer-variance"
+    union = held.conditions[0]
+    assert union["set"]["n_neurons"] == 3 and union["set"]["layer_counts"] == [1, 1, 1]
+    assert 0 < union["set"]["variance_share"] < 1 and union["null"]["n"] == 3
+    assert held.conditions[-1]["name"] == "variance-ranked"

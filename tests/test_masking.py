@@ -55,6 +55,8 @@ def reference_edit(x, selected, mode, mean_row):
         return torch.where(sel, x, torch.zeros_like(x))
     if mode == "mean":
         return torch.where(sel, mean_row.to(x), x)
+    if mode == "mean-keep":
+        return torch.where(sel, x, mean_row.to(x))
     if mode == "scale":
         return torch.where(sel, x * FACTOR, x)
     return torch.where(sel, x + VALUE, x)

@@ -13,6 +13,9 @@ Layout of an export (``<sub>`` is the model label, ``<task>`` the text)::
         sub-<sub>_task-<task>_space-<space>_desc-brain_mask.nii.gz (+ .json)
         sub-<sub>_task-<task>_space-<space>_seg-layers_dseg.nii.gz (+ .json, + .tsv)
         sub-<sub>_task-<task>_space-<space>_desc-mean_sbref.nii.gz (+ .json)  mean activation, the underlay
+        sub-<sub>_task-<task>_space-<space>_desc-std_sbref.nii.gz    standard deviation of each neuron (non-negative)
+        sub-<sub>_task-<task>_space-<space>_desc-maxabs_sbref.nii.gz largest |activation| of each neuron
+    neuron_stats.tsv                  layer neuron label mean std max_abs massive (see llm2nifti.neuronstats)
 
 ``<space>`` is a custom BIDS space, the neuron grid of the export (:data:`SPACES`):
 ``llmgrid`` or ``llmbrain`` after the layout; ``neurons.tsv`` defines it.
@@ -44,11 +47,14 @@ EXPORT_RECORD = "export.json"
 DESCRIPTION = "dataset_description.json"
 REPETITION_TIME = 1.0  # one token per second: a convention, not a measurement
 #: Files the BIDS validator does not know: llm2nifti's own records and the FSL atlas description (no image).
-BIDSIGNORE = ("export.json", "neurons.tsv", "atlas")
+BIDSIGNORE = ("export.json", "neurons.tsv", "atlas", "neuron_stats.tsv")
 #: The custom BIDS space of each layout (``space-<label>``): the grid ``neurons.tsv`` defines.
 SPACES = {"grid": "llmgrid", "brain": "llmbrain"}
 #: Glob of the mean-activation underlay of an export (under ``sub-*/func``) or template.
 UNDERLAY_GLOB = "*_desc-mean_sbref.nii*"
+#: The per-neuron statistics table (not a BIDS file).
+NEURON_STATS = "neuron_stats.tsv"
+NEURON_STATS_COLUMNS = ("layer", "neuron", "label", "mean", "std", "max_abs", "massive")
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,20 @@ class DatasetPaths:
     def mean(self) -> Path:
         """The mean activation of every neuron: the viewers' underlay (a BIDS reference image, ``sbref``)."""
         return self._static("desc-mean_sbref.nii.gz")
+
+    @property
+    def std(self) -> Path:
+        """The standard deviation of every neuron over the tokens (non-negative: an underlay too)."""
+        return self._static("desc-std_sbref.nii.gz")
+
+    @property
+    def maxabs(self) -> Path:
+        """The largest |activation| of every neuron."""
+        return self._static("desc-maxabs_sbref.nii.gz")
+
+    @property
+    def neuron_stats_tsv(self) -> Path:
+        return self.root / NEURON_STATS
 
     @property
     def events_json(self) -> Path:
@@ -302,16 +322,29 @@ class ExportWriter:
         save(img, self.paths.bold(run))
         return sum(p.stat().st_size for p in self.paths.run_files(run))
 
-    def write_mean(self, means: np.ndarray) -> int:
+    def _write_statistic(self, path: Path, values: np.ndarray, what: str, description: str) -> int:
+        """A per-neuron statistic as a 3D image (a BIDS reference image, ``sbref``) with its sidecar."""
         from .nifti import save, volume_image
 
         paths = self.paths
-        save(volume_image(self.layout, means, np.float32, f"llm2nifti {self.record.grid.site} mean"), paths.mean)
+        save(volume_image(self.layout, values, np.float32, f"llm2nifti {self.record.grid.site} {what}"), path)
         runs = [paths.bold(run) for run in range(1, self.record.n_runs + 1)]
-        write_json(paths.json_for(paths.mean), {
-            "Description": "Mean activation of every neuron over all tokens of all runs: an underlay for viewers",
-            "TaskName": self.record.task, "SkullStripped": True, **spatial(paths, runs)})
-        return paths.mean.stat().st_size
+        write_json(paths.json_for(path), {"Description": description, "TaskName": self.record.task,
+                                          "SkullStripped": True, **spatial(paths, runs)})
+        return path.stat().st_size
+
+    def write_mean(self, means: np.ndarray) -> int:
+        return self._write_statistic(self.paths.mean, means, "mean", "Mean activation of every neuron over all "
+                                     "tokens of all runs: an underlay for viewers")
+
+    def write_stats(self, stats) -> int:
+        """The standard deviation and max |x| images and ``neuron_stats.tsv`` (a :class:`NeuronStats`)."""
+        written = self._write_statistic(self.paths.std, stats.std, "std", "Standard deviation of every neuron over "
+                                        "all tokens of all runs (float64, exact; non-negative: an underlay too)")
+        written += self._write_statistic(self.paths.maxabs, stats.max_abs, "maxabs", "Largest absolute "
+                                         "activation of every neuron over all tokens of all runs")
+        write_neuron_stats(self.paths.neuron_stats_tsv, stats, self.layout.n_layers, self.layout.n_neurons)
+        return written + self.paths.neuron_stats_tsv.stat().st_size
 
     def finish(self) -> ExportRecord:
         """README, the complete record, and last the completion mark ``dataset_description.json``."""
@@ -322,6 +355,66 @@ class ExportWriter:
         write_json(self.paths.record, self.record.to_json())
         write_json(self.paths.description, description(self.record))
         return self.record
+
+
+def neuron_stats_text(stats, n_layers: int, n_neurons: int) -> str:
+    """``neuron_stats.tsv``: one row per neuron (layer-major); ``massive`` 1 or 0 (see :mod:`llm2nifti.neuronstats`)."""
+    from ..indices import neuron_label
+    from ..neuronstats import massive
+
+    std, max_abs = stats.std, stats.max_abs
+    flags = massive(max_abs, std)
+    lines = ["\t".join(NEURON_STATS_COLUMNS)]
+    for index in range(n_layers * n_neurons):
+        layer, neuron = divmod(index, n_neurons)
+        lines.append(f"{layer}\t{neuron}\t{neuron_label(layer, neuron)}\t{stats.mean[index]:.9g}\t{std[index]:.9g}"
+                     f"\t{max_abs[index]:.9g}\t{int(flags[index])}")
+    return "\n".join(lines) + "\n"
+
+
+def write_neuron_stats(path: Path, stats, n_layers: int, n_neurons: int) -> None:
+    write_text(path, neuron_stats_text(stats, n_layers, n_neurons))
+
+
+def read_neuron_stats(path, n_layers: int | None = None, n_neurons: int | None = None):
+    """A :class:`~llm2nifti.neuronstats.NeuronTable` from ``neuron_stats.tsv`` (or the export directory holding it).
+
+    Raises
+    ------
+    DamagedFileError
+        For a table that is unreadable, has a non-numeric or negative cell, or
+        does not list every neuron of an ``n_layers`` x ``n_neurons`` site once.
+    """
+    from ..neuronstats import NeuronTable
+    from .tables import int_column, read_tsv
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / NEURON_STATS
+    rows = read_tsv(path, NEURON_STATS_COLUMNS, what="neuron statistics table")
+    layers = np.array(int_column(rows, "layer", path), dtype=np.int64)
+    neurons = np.array(int_column(rows, "neuron", path), dtype=np.int64)
+    n_layers = int(layers.max()) + 1 if n_layers is None else n_layers
+    n_neurons = int(neurons.max()) + 1 if n_neurons is None else n_neurons
+    flat = layers * n_neurons + neurons
+    if (len(rows) != n_layers * n_neurons or layers.min() < 0 or neurons.min() < 0 or neurons.max() >= n_neurons
+            or np.any(np.sort(flat) != np.arange(n_layers * n_neurons))):
+        raise DamagedFileError(f"{path}: does not list each of {n_layers} x {n_neurons} neurons exactly once")
+    columns = {}
+    for name in ("mean", "std", "max_abs"):
+        try:
+            values = np.array([float(r[name]) for r in rows], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DamagedFileError(f"{path}: column {name} holds a value that is not a number") from None
+        if not np.all(np.isfinite(values)) or (name != "mean" and np.any(values < 0)):
+            raise DamagedFileError(f"{path}: column {name} holds a non-finite or negative value")
+        grid = np.empty(n_layers * n_neurons)
+        grid[flat] = values
+        columns[name] = grid.reshape(n_layers, n_neurons)
+    flags = np.zeros(n_layers * n_neurons, dtype=bool)
+    flags[flat] = [r["massive"].strip() == "1" for r in rows]
+    return NeuronTable(n_layers, n_neurons, columns["mean"], columns["std"], columns["max_abs"],
+                       flags.reshape(n_layers, n_neurons), str(path))
 
 
 def is_export(path: Path) -> bool:

@@ -6,6 +6,11 @@ Files of a mask-eval directory::
     mask-eval.png   loss and accuracy of each condition next to its random controls
     mask-eval.json  baseline, conditions (with their controls) and settings; written last (the completion mark)
 
+While it runs, the staging directory holds ``mask-eval.partial.json`` (the
+baseline and every finished condition, rewritten after each): a killed
+mask-eval is kept and finished with ``resume``. It is removed before the
+completion mark is written.
+
 ``mask-eval.json`` is strict JSON: a metric that is not a finite number is
 written as ``null`` (and as an empty cell in the CSV). The same files can be
 written one by one to explicit paths (:func:`write_files`).
@@ -22,7 +27,7 @@ import numpy as np
 
 from ..checks import check_path
 from ..errors import DamagedFileError, IncompleteOutputError, ParameterError
-from ..transaction import atomic_path, finite_or_none, json_text, make_dirs, read_json, write_text
+from ..transaction import atomic_path, file_operation, finite_or_none, json_text, make_dirs, read_json, write_text
 
 MASKEVAL_JSON = "mask-eval.json"
 MASKEVAL_CSV = "mask-eval.csv"
@@ -32,6 +37,7 @@ METRICS = ("loss", "perplexity", "accuracy")
 #: Top-level keys of ``mask-eval.json``.
 SECTIONS = ("baseline", "conditions", "settings")
 PNG_DPI = 120
+MASKEVAL_PARTIAL = "mask-eval.partial.json"
 
 
 def finite_values(obj):
@@ -59,7 +65,19 @@ def csv_columns(tasks) -> list[str]:
     return ["name", "mode", "n_neurons", "fraction", *METRICS, "delta_loss",
             *(f"task_{t}_accuracy" for t in tasks), "controls_n",
             *(f"controls_{s}_{m}" for m in METRICS for s in ("mean", "std")),
-            *(f"controls_{s}_task_{t}_accuracy" for t in tasks for s in ("mean", "std"))]
+            *(f"controls_{s}_task_{t}_accuracy" for t in tasks for s in ("mean", "std")), *NULL_COLUMNS]
+
+
+#: Columns added after the earlier ones: the condition against its null, and what the set is.
+NULL_COLUMNS = ("delta_accuracy", "control", "null_median_delta_loss", "null_q05_delta_loss", "null_q95_delta_loss",
+                "p_value", "excess_delta_loss", "largest_layer_share", "variance_share", "n_massive", "warnings")
+
+
+def _null_cells(row: dict) -> list:
+    null, described, ctrl = row.get("null") or {}, row.get("set") or {}, row.get("controls") or {}
+    return [row.get("delta_accuracy"), ctrl.get("kind"), null.get("median"), null.get("q05"), null.get("q95"),
+            null.get("p_value"), null.get("excess"), described.get("largest_layer_share"),
+            described.get("variance_share"), described.get("n_massive"), " | ".join(row.get("warnings") or [])]
 
 
 def _csv_row(row: dict, tasks) -> list:
@@ -68,7 +86,8 @@ def _csv_row(row: dict, tasks) -> list:
     values = [row["name"], row["mode"], row["n_neurons"], row["fraction"], *(row[m] for m in METRICS),
               row["delta_loss"], *(row["tasks"][t] for t in tasks), ctrl.get("n", 0),
               *(ctrl.get(f"{s}_{m}") for m in METRICS for s in ("mean", "std")),
-              *(task_ctrl.get(t, {}).get(f"{s}_accuracy") for t in tasks for s in ("mean", "std"))]
+              *(task_ctrl.get(t, {}).get(f"{s}_accuracy") for t in tasks for s in ("mean", "std")),
+              *_null_cells(row)]
     return ["" if v is None else v for v in values]
 
 
@@ -130,9 +149,29 @@ def write_files(data: dict, figure=None, *, json=None, csv=None, plot=None) -> l
     return written
 
 
+def write_partial(directory: Path, data: dict) -> None:
+    """The progress of an unfinished mask-eval (``baseline``, finished ``conditions``, ``settings``), atomically."""
+    write_text(Path(directory) / MASKEVAL_PARTIAL, maskeval_json(data))
+
+
+def read_partial(directory: Path) -> dict:
+    """What :func:`write_partial` wrote (checked like a result)."""
+    path = Path(directory) / MASKEVAL_PARTIAL
+    return _check_record(read_json(path, "unfinished mask-eval"), path)
+
+
+def worth_resuming(directory: Path) -> bool:
+    """Whether an interrupted mask-eval left its progress (at least the baseline)."""
+    return (Path(directory) / MASKEVAL_PARTIAL).is_file()
+
+
 def write_maskeval(directory: Path, data: dict, figure) -> list[Path]:
     """Every file of a mask-eval directory into ``directory``, ``mask-eval.json`` last."""
     directory = Path(directory)
+    partial = directory / MASKEVAL_PARTIAL
+    if partial.exists():
+        file_operation("delete", partial)
+        partial.unlink()
     return write_files(data, figure, json=directory / MASKEVAL_JSON, csv=directory / MASKEVAL_CSV,
                        plot=directory / MASKEVAL_PNG)
 

@@ -20,6 +20,7 @@ from ..formats.export import DatasetPaths, ExportWriter, is_export, read_export_
 from ..formats.nifti import DTYPES, check_volumes
 from ..layout import LAYOUTS, VOXEL_SIZE_MM, NeuronLayout
 from ..models import DEFAULT_MODEL, LoadedModel, check_model_placement, load_model, model_label
+from ..neuronstats import NeuronStats
 from ..recording import check_finite, record_runs
 from ..records import ExportRecord, Grid, ModelIdentity, TextSpan
 from ..sites import HOOK_POINTS, SITES, find_blocks
@@ -250,6 +251,9 @@ def export(
         done = [run for run in range(1, n_runs + 1) if tx.adopted and writer.run_complete(run)]
         totals = sum((_column_sums(writer.paths.bold(run), writer.layout) for run in done),
                      np.zeros(writer.layout.n_total))
+        stats = NeuronStats.empty(writer.layout.n_total)
+        for run in done:
+            stats.add(_stored_stats(writer.paths.bold(run), writer.layout))
         todo = [run for run in range(1, n_runs + 1) if run not in done]
 
         def write_run(run: int, acts: np.ndarray) -> int:
@@ -261,10 +265,15 @@ def export(
                 acts = record_runs(loaded.model, found, site, runs[np.array(chosen) - 1], context, batch_size, bos,
                                    run_device)
                 for run, run_acts in zip(chosen, acts):
-                    sums.add(run, checked_sums(run, run_acts, grid.neurons_per_layer))
+                    sums.add(run, run_summary(run, run_acts, grid.neurons_per_layer))
                     yield run, run_acts
 
-        sums = OrderedSums(totals, todo)
+        def fold(summary) -> None:
+            run_sums, run_stats = summary
+            np.add(totals, run_sums, out=totals)
+            stats.add(run_stats)  # exact float64 per run, merged (Chan et al.)
+
+        sums = OrderedRuns(todo, fold)
         with progress_bar(n_runs, initial=len(done), unit="run", desc="export", enabled=progress) as bar:
             if not sharded:
                 for size in _in_background(write_run, activations()):
@@ -280,6 +289,7 @@ def export(
                     trial_type=trial_type)
         sums.check_complete()
         bytes_written += writer.write_mean(totals / (n_runs * run_tokens))
+        bytes_written += writer.write_stats(stats)
         final = writer.finish()
         tx.commit()
     seconds = time.perf_counter() - started
@@ -306,21 +316,21 @@ def run_groups(todo: list[int], run_tokens: int, context: int, batch_size: int) 
     return [todo[start:start + per_batch] for start in range(0, len(todo), per_batch)]
 
 
-class OrderedSums:
-    """Adds per-run sums into ``totals`` in the order of ``runs``, whatever order they arrive in.
+class OrderedRuns:
+    """Folds per-run summaries with ``fold`` in the order of ``runs``, whatever order they arrive in.
 
-    Float addition is not associative: adding in one fixed order makes the
-    mean image of a sharded export equal, bit for bit, a single process's.
-    Sums that arrive early wait until the runs before them are in.
+    Float addition is not associative: folding in one fixed order makes the
+    mean and statistics images of a sharded export equal, bit for bit, a
+    single process's. Summaries that arrive early wait for the runs before them.
     """
 
-    def __init__(self, totals: np.ndarray, runs: list[int]):
-        self.totals, self.order, self.waiting, self.next = totals, list(runs), {}, 0
+    def __init__(self, runs: list[int], fold):
+        self.fold, self.order, self.waiting, self.next = fold, list(runs), {}, 0
 
-    def add(self, run: int, sums: np.ndarray) -> None:
-        self.waiting[run] = sums
+    def add(self, run: int, summary) -> None:
+        self.waiting[run] = summary
         while self.next < len(self.order) and self.order[self.next] in self.waiting:
-            np.add(self.totals, self.waiting.pop(self.order[self.next]), out=self.totals)
+            self.fold(self.waiting.pop(self.order[self.next]))
             self.next += 1
 
     def check_complete(self) -> None:
@@ -328,11 +338,11 @@ class OrderedSums:
             raise RuntimeError(f"run {self.order[self.next]} was never computed")
 
 
-def checked_sums(run: int, acts: np.ndarray, n_neurons: int) -> np.ndarray:
-    """Float64 sums over a run's tokens (for the mean image); refuses a non-finite activation."""
+def run_summary(run: int, acts: np.ndarray, n_neurons: int) -> tuple[np.ndarray, NeuronStats]:
+    """Float64 sums over a run's tokens (the mean image) and its exact statistics; refuses non-finite values."""
     sums = acts.sum(axis=0, dtype=np.float64)  # non-finite exactly where a value is
     check_finite(acts, sums, n_neurons, f"run {run}")
-    return sums
+    return sums, NeuronStats.of(acts)
 
 
 def _in_background(write, jobs, depth: int = 2):
@@ -375,3 +385,11 @@ def _column_sums(path: Path, grid: NeuronLayout) -> np.ndarray:
 
     data = np.asarray(nib.load(path).dataobj, dtype=np.float32)
     return data[tuple(grid.voxels.T)].sum(axis=-1, dtype=np.float64)
+
+
+def _stored_stats(path: Path, grid: NeuronLayout) -> NeuronStats:
+    """Per-neuron statistics of an existing run (for resumed exports: the values as written)."""
+    import nibabel as nib
+
+    data = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+    return NeuronStats.of(data[tuple(grid.voxels.T)].T)

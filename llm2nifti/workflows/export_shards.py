@@ -3,7 +3,7 @@
 The coordinating process (:func:`llm2nifti.workflows.export.export`) owns the
 transaction: it writes the files that do not depend on the runs, hands out
 groups of runs (the same groups, hence the same forward passes, a single
-process computes), adds the per-run sums the workers return in run order,
+process computes), folds the per-run sums and statistics the workers return in run order,
 and writes the mean image and the completion marks. A worker loads the model
 once per process, computes its groups and writes each run's files (sidecar,
 events, image last, each atomically) into the staging directory, which it
@@ -45,13 +45,14 @@ def export_group(staging: str, record: dict, runs: list[int], run_ids: np.ndarra
 
     Returns
     -------
-    sums : dict of int to ndarray
-        Per run, the float64 sums of its activations over tokens.
+    sums : dict of int to tuple
+        Per run, the float64 sums of its activations over tokens and its
+        exact statistics (:func:`llm2nifti.workflows.export.run_summary`).
     bytes_written : int
     """
     from ..recording import record_runs
     from ..text import token_texts
-    from .export import _in_background, checked_sums
+    from .export import _in_background, run_summary
 
     wanted = ExportRecord.from_json(record)
     loaded, found = _worker_model(model, device, torch_dtype, device_map, blocks, down_proj)
@@ -60,7 +61,7 @@ def export_group(staging: str, record: dict, runs: list[int], run_ids: np.ndarra
     grid = wanted.grid
     acts = record_runs(loaded.model, found, grid.site, run_ids, wanted.text.context, batch_size, bos,
                        loaded.input_device)
-    sums = {run: checked_sums(run, run_acts, grid.neurons_per_layer) for run, run_acts in zip(runs, acts)}
+    sums = {run: run_summary(run, run_acts, grid.neurons_per_layer) for run, run_acts in zip(runs, acts)}
 
     def write(run, ids, run_acts):
         return writer.write_run(run, ids, token_texts(loaded.tokenizer, ids), run_acts)
@@ -71,7 +72,7 @@ def export_group(staging: str, record: dict, runs: list[int], run_ids: np.ndarra
 
 def export_on_cluster(workers, scheduler, staging: Path, record: ExportRecord, groups: list[list[int]],
                       runs: np.ndarray, sums, bar, **settings) -> int:
-    """Hand ``groups`` of runs to Dask workers; feed their sums to ``sums`` (an ``OrderedSums``); bytes written."""
+    """Hand ``groups`` of runs to Dask workers; fold their run summaries into ``sums`` (an ``OrderedRuns``)."""
     from distributed import as_completed
 
     from ..cluster import dask_client

@@ -154,7 +154,7 @@ def localizer(model: str | LoadedModel | None = None, out: str | Path | None = N
                                       overwrite=overwrite)
         evaluation = None
         if evaluate:
-            evaluation = mask_eval(loaded, selection.out_dir, union=False, out=out / files.EVAL_DIR,
+            evaluation = mask_eval(loaded, selection.out_dir, out=out / files.EVAL_DIR,
                                    overwrite=overwrite, device=device, progress=progress)
         counts = _token_counts(glm.glm)
         chosen = selection.mask.weights("C0")

@@ -20,23 +20,37 @@ from .._version import __version__
 from ..checks import check_bool, check_choice, check_float, check_int, check_path, check_str
 from ..console import progress_bar
 from ..devices import check_device
-from ..errors import ParameterError
-from ..evaluation.controls import random_controls as draw_controls
+from ..errors import MismatchError, ParameterError
+from ..evaluation.controls import (
+    DEFAULT_BINS,
+    DEFAULT_CONTROL,
+    check_control,
+    check_fraction,
+    draw_controls,
+)
 from ..evaluation.heldout import DEFAULT_CONTEXT, DEFAULT_MAX_TOKENS, EvalText, check_window, evaluation_text
 from ..evaluation.metrics import check_language_model, choice_accuracy, language_model_metrics, summarise
 from ..evaluation.prefix import LayerInputs
+from ..evaluation.statistics import describe_set, null_summary, variance_ranked
 from ..evaluation.tasks import ChoiceTask, load_tasks, task_paths
 from ..formats import maskeval
+from ..formats.export import NEURON_STATS, check_complete, read_export_record, read_neuron_stats
 from ..formats.selection import read_mask
 from ..indices import component_name, parse_index_list
-from ..masking import DEFAULT_FACTOR, DEFAULT_VALUE, apply_mask, check_mode, edit_indices, neuron_means
+from ..masking import DEFAULT_FACTOR, DEFAULT_VALUE, MEAN_MODES, apply_mask, check_mode, edit_indices, neuron_means
 from ..models import DEFAULT_MODEL, LoadedModel, check_model_placement, load_model
 from ..neuronmask import NeuronMask
+from ..neuronstats import NeuronStats, NeuronTable
+from ..recording import record as record_activations
 from ..sites import DEFAULT_SITE, SITES, Blocks, check_site, find_blocks
 from ..text import bos_token_id
 from ..transaction import OutputTransaction
 
-DEFAULT_CONTROLS = 3
+DEFAULT_CONTROLS = 20
+#: Which conditions to evaluate: the union of the selected components, each component, or both.
+CONDITIONS = ("union", "components", "all")
+#: The name of the reference condition: the union's per-layer counts of each layer's highest-variance neurons.
+VARIANCE_RANKED = "variance-ranked"
 DEFAULT_BATCH_SIZE = 4
 #: The ``components`` value that selects every component of the mask (the default).
 ALL_COMPONENTS = "all"
@@ -80,20 +94,25 @@ class MaskEvalResult:
         """A plain-text table for the terminal."""
         tasks = list(self.baseline.get("tasks") or {})
         header = ["condition", "mode", "neurons", "fraction", "loss", "dloss", "ppl", "acc", *tasks,
-                  "ctrl loss (mean+-sd)", "ctrl acc"]
+                  "null dloss median [5%, 95%]", "p", "excess", "ctrl acc", "var share", "massive", "top layer"]
         base = self.baseline
         rows = [["baseline", "-", "0", "0", _fmt(base["loss"], ".4f"), "", _fmt(base["perplexity"], ".2f"),
-                 _fmt(base["accuracy"], ".4f"), *(_fmt(base["tasks"][t], ".3f") for t in tasks), "", ""]]
+                 _fmt(base["accuracy"], ".4f"), *(_fmt(base["tasks"][t], ".3f") for t in tasks),
+                 "", "", "", "", "", "", ""]]
         for c in self.conditions:
-            ctrl = c["controls"]
-            ctrl_loss = ctrl_acc = ""
-            if ctrl:
-                sd = "" if ctrl["std_loss"] is None else f" +- {ctrl['std_loss']:.4f}"
-                ctrl_loss = f"{_fmt(ctrl['mean_loss'], '.4f')}{sd} (n={ctrl['n']})"
+            ctrl, null, described = c["controls"], c.get("null") or {}, c.get("set") or {}
+            null_text = ctrl_acc = ""
+            if ctrl and null.get("n"):
+                null_text = (f"{null['median']:+.4f} [{null['q05']:+.4f}, {null['q95']:+.4f}] (n={null['n']}, "
+                             f"{ctrl.get('kind', 'layer')})")
                 ctrl_acc = _fmt(ctrl["mean_accuracy"], ".4f")
+            top = described.get("largest_layer")
             rows.append([c["name"], c["mode"], str(c["n_neurons"]), f"{c['fraction']:.4f}", _fmt(c["loss"], ".4f"),
                          _fmt(c["delta_loss"], "+.4f"), _fmt(c["perplexity"], ".2f"), _fmt(c["accuracy"], ".4f"),
-                         *(_fmt(c["tasks"][t], ".3f") for t in tasks), ctrl_loss, ctrl_acc])
+                         *(_fmt(c["tasks"][t], ".3f") for t in tasks), null_text, _fmt(null.get("p_value"), ".3f"),
+                         _fmt(null.get("excess"), "+.4f"), ctrl_acc, _fmt(described.get("variance_share"), ".3f"),
+                         _fmt(described.get("n_massive"), "d"),
+                         "" if top is None else f"L{top} ({described['largest_layer_share']:.0%})"])
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header, *rows])
 
@@ -104,11 +123,13 @@ class MaskEvalResult:
         lines = [f"mask-eval: {s.get('Mode')} at {s.get('Site')} on {s.get('NumTokens')} tokens ({held}), "
                  f"baseline loss {_fmt(self.baseline['loss'], '.4f')}"]
         for c in self.conditions:
-            ctrl = c["controls"]
+            null = c.get("null") or {}
             versus = ""
-            if ctrl and ctrl["mean_loss"] is not None and self.baseline["loss"] is not None:
-                versus = f"; its {ctrl['n']} random controls {ctrl['mean_loss'] - self.baseline['loss']:+.4f}"
+            if null.get("n"):
+                versus = (f"; null ({c['controls'].get('kind', 'layer')}, n={null['n']}) median {null['median']:+.4f}, "
+                          f"p = {null['p_value']:.3f}")
             lines.append(f"  {c['name']}: {c['n_neurons']} neurons, loss {_fmt(c['delta_loss'], '+.4f')}{versus}")
+            lines += [f"    warning: {w}" for w in c.get("warnings") or []]
         return "\n".join(lines)
 
     def csv_text(self) -> str:
@@ -145,8 +166,9 @@ class MaskEvalResult:
         return maskeval.write_maskeval(directory, self.to_dict(), self.figure())
 
 
-def _transaction(out: Path, overwrite: bool) -> OutputTransaction:
-    return OutputTransaction(out, what="mask-eval output", is_output=maskeval.is_maskeval_output, overwrite=overwrite)
+def _transaction(out: Path, overwrite: bool, resume: bool = False) -> OutputTransaction:
+    return OutputTransaction(out, what="mask-eval output", is_output=maskeval.is_maskeval_output, overwrite=overwrite,
+                             resumable=True, resume=resume, worth_keeping=maskeval.worth_resuming)
 
 
 # -- arguments ----------------------------------------------------------------------------
@@ -156,7 +178,7 @@ class _Options:
 
     mode: str
     site: str | None
-    union: bool
+    conditions: str
     text: str | None
     text_field: str
     max_tokens: int
@@ -166,15 +188,28 @@ class _Options:
     seed: int
     factor: float
     value: float
+    control: str = DEFAULT_CONTROL
+    control_fraction: float | None = None
+    control_bins: int = DEFAULT_BINS
+    variance_ranked: bool = True
 
 
-def _check_options(mode, site, union, text, text_field, max_tokens, context, batch_size, random_controls, seed,
-                   factor, value) -> _Options:
+def _check_options(mode, site, conditions, text, text_field, max_tokens, context, batch_size, random_controls, seed,
+                   factor, value, control=DEFAULT_CONTROL, control_fraction=None, control_bins=DEFAULT_BINS,
+                   reference=True) -> _Options:
     max_tokens, context = check_window(max_tokens, context)
+    control = check_control(control)
+    control_fraction = check_fraction(control_fraction)
+    if control_fraction is not None and control != "global":
+        raise ParameterError("`control_fraction` applies to `control` 'global' only")
     return _Options(
         mode=check_mode(mode),
         site=None if site is None else check_choice("site", site, SITES),
-        union=check_bool("union", union),
+        conditions=check_choice("conditions", conditions, CONDITIONS),
+        control=control,
+        control_fraction=control_fraction,
+        control_bins=check_int("control_bins", control_bins, min_value=1),
+        variance_ranked=check_bool("variance_ranked", reference),
         text=check_str("text", text, none_ok=True),
         text_field=check_str("text_field", text_field),
         max_tokens=max_tokens,
@@ -302,42 +337,92 @@ class _Evaluator:
 
 
 def _first_edited_layer(condition: NeuronMask, mode: str, n_layers: int, n_neurons: int) -> int:
-    """The first layer ``mode`` edits for ``condition``: where its passes (and its controls') can start."""
+    """The first layer ``mode`` edits for ``condition``: where its passes (and its layer-matched controls') start.
+
+    Controls drawn from other layers (``global``) start where they start: the
+    states entering any layer are computed on demand (:class:`LayerInputs`).
+    """
     edited = [layer for layer, idx in edit_indices(condition, mode, n_layers, n_neurons).items() if len(idx)]
     return min(edited, default=0)
 
 
-def _conditions(mask: NeuronMask, names: list[str], union: bool) -> list[tuple[str, NeuronMask]]:
-    conditions = [(name, mask.select([name])) for name in names]
-    if union and len(names) > 1:
-        conditions.append(("union", mask.union(names)))
+def _conditions(mask: NeuronMask, names: list[str], which: str, statistics: NeuronTable | None,
+                reference: bool) -> list[tuple[str, NeuronMask]]:
+    """The evaluated sets: components and/or their union, then the variance-ranked reference."""
+    union = mask.union(names)
+    conditions = []
+    if which in ("components", "all") or len(names) == 1:
+        conditions += [(name, mask.select([name])) for name in names]
+    if which in ("union", "all") and len(names) > 1:
+        conditions.append(("union", union))
+    if reference and statistics is not None:
+        conditions.append((VARIANCE_RANKED, variance_ranked(union, statistics, VARIANCE_RANKED)))
     return conditions
 
 
-def _measure_all(evaluator: _Evaluator, conditions, n_layers: int, n_neurons: int, progress: bool):
-    """The baseline, then each condition followed by its random controls."""
+def _delta(value, base):
+    return None if value is None or base is None else value - base
+
+
+def _measure_condition(evaluator: _Evaluator, name: str, condition: NeuronMask, baseline: dict,
+                       statistics: NeuronTable | None, bar) -> dict:
+    """One condition and its controls: metrics, the null of ``delta_loss`` and the set's description."""
     opts = evaluator.options
-    total = 1 + len(conditions) * (1 + opts.random_controls)
-    with progress_bar(total, desc="mask-eval", unit="eval", enabled=progress) as bar:
-        baseline = evaluator.measure(None)
+    bar.set_postfix_str(name)
+    metrics = evaluator.measure(condition)
+    bar.update()
+    draw = draw_controls(condition, name, opts.random_controls, opts.seed, kind=opts.control,
+                         statistics=statistics, n_bins=opts.control_bins, fraction=opts.control_fraction)
+    runs, draws = [], draw.records()
+    for control, described in zip(draw.controls, draws):
+        runs.append(evaluator.measure(control))
+        described["delta_loss"] = _delta(runs[-1]["loss"], baseline["loss"])
+        described["delta_accuracy"] = _delta(runs[-1]["accuracy"], baseline["accuracy"])
         bar.update()
+    controls = summarise(runs)
+    if controls is not None:
+        controls.update({"kind": draw.kind, "statistic": draw.statistic, "bins": draw.n_bins,
+                         "disjoint": draw.disjoint, "notes": draw.notes, "draws": draws})
+    size = condition.size()
+    delta_loss = _delta(metrics["loss"], baseline["loss"])
+    null = null_summary(delta_loss, [d["delta_loss"] for d in draws])
+    warnings = list(null["warnings"]) + list(draw.notes)
+    return {"name": name, "mode": opts.mode, "n_neurons": size, "fraction": size / condition.n_total, **metrics,
+            "delta_loss": delta_loss, "delta_accuracy": _delta(metrics["accuracy"], baseline["accuracy"]),
+            "controls": controls, "null": null, "set": describe_set(condition, statistics), "warnings": warnings,
+            "neurons": [list(p) for p in sorted(condition.neurons())] if name == VARIANCE_RANKED else None}
+
+
+def _measure_all(evaluator: _Evaluator, conditions, statistics: NeuronTable | None, progress: bool,
+                 previous: dict | None = None, save=None):
+    """The baseline, then each condition followed by its controls; ``save(baseline, rows)`` after each.
+
+    ``previous`` (a resumed run's ``baseline`` and ``conditions``) is reused: its baseline and every
+    condition it finished are not measured again.
+    """
+    opts = evaluator.options
+    done = {row["name"]: row for row in (previous or {}).get("conditions", [])}
+    todo = [(name, c) for name, c in conditions if name not in done]
+    total = (previous is None) + len(todo) * (1 + opts.random_controls)
+    with progress_bar(total, desc="mask-eval", unit="eval", enabled=progress) as bar:
+        if previous is None:
+            baseline = evaluator.measure(None)
+            bar.update()
+            if save is not None:
+                save(baseline, [])
+        else:
+            baseline = previous["baseline"]
         rows = []
         for name, condition in conditions:
-            bar.set_postfix_str(name)
-            metrics = evaluator.measure(condition)
-            bar.update()
-            controls = []
-            for control in draw_controls(condition, name, opts.random_controls, opts.seed, n_layers, n_neurons):
-                controls.append(evaluator.measure(control))
-                bar.update()
-            size = condition.size()
-            rows.append({"name": name, "mode": opts.mode, "n_neurons": size,
-                         "fraction": size / (n_layers * n_neurons), **metrics,
-                         "delta_loss": metrics["loss"] - baseline["loss"], "controls": summarise(controls)})
+            rows.append(done[name] if name in done else
+                        _measure_condition(evaluator, name, condition, baseline, statistics, bar))
+            if save is not None:
+                save(baseline, rows)
     return baseline, rows
 
 
-def _settings(evaluator: _Evaluator, masks, mask: NeuronMask) -> dict:
+def _settings(evaluator: _Evaluator, masks, mask: NeuronMask, statistics: NeuronTable | None,
+              export_dir: Path | None) -> dict:
     opts, loaded, text = evaluator.options, evaluator.loaded, evaluator.text
     return {
         "llm2niftiVersion": __version__,
@@ -348,7 +433,7 @@ def _settings(evaluator: _Evaluator, masks, mask: NeuronMask) -> dict:
         "Mode": opts.mode,
         "Factor": opts.factor if opts.mode == "scale" else None,
         "Value": opts.value if opts.mode == "add" else None,
-        "MeanReferenceTokens": int(len(text.reference)) if opts.mode == "mean" else None,
+        "MeanReferenceTokens": int(len(text.reference)) if opts.mode in MEAN_MODES else None,
         "Text": text.source,
         "HeldOut": text.held_out,
         "TokenStart": text.start,
@@ -358,14 +443,66 @@ def _settings(evaluator: _Evaluator, masks, mask: NeuronMask) -> dict:
         "TextNote": text.note,
         "RandomControls": opts.random_controls,
         "Seed": opts.seed,
-        "ControlsMayOverlap": True,
+        "ControlsMayOverlap": False,
+        "Control": opts.control,
+        "ControlStatistic": {"layer-variance": "variance", "layer-magnitude": "max_abs"}.get(opts.control),
+        "ControlBins": opts.control_bins if opts.control in ("layer-variance", "layer-magnitude") else None,
+        "ControlFraction": opts.control_fraction,
+        "Conditions": opts.conditions,
+        "VarianceRanked": opts.variance_ranked,
+        "Export": None if export_dir is None else str(export_dir),
+        "Statistics": None if statistics is None else statistics.source,
+        "StatisticsTokens": None if statistics is None else statistics.n_tokens,
         "Tasks": [t.source for t in evaluator.tasks],
     }
 
 
-def _evaluate(model, masks, components, tasks, opts: _Options, device: str, progress: bool,
-              placement: tuple = ("float32", None)) -> MaskEvalResult:
+def _export_dir(mask: NeuronMask, export) -> Path | None:
+    """The export the mask came from: ``export`` when given, else the mask's provenance (when it still exists)."""
+    if export is not None:
+        check_complete(export)
+        return Path(export)
+    reference = mask.provenance.get("Reference")
+    if mask.provenance.get("ReferenceKind") == "export" and reference and Path(reference).is_dir():
+        return Path(reference)
+    return None
+
+
+def _text_provenance(mask: NeuronMask, export_dir: Path | None) -> dict:
+    """The mask's provenance, completed with the export's text span (what makes the evaluation held out)."""
+    if export_dir is None:
+        return mask.provenance
+    record = read_export_record(export_dir).to_json()
+    keys = ("CorpusSHA256", "TokenRange")
+    return {**{k: record.get(k) for k in keys}, **{k: v for k, v in mask.provenance.items() if v is not None}}
+
+
+def _statistics(evaluator: _Evaluator, export_dir: Path | None, n_layers: int, n_neurons: int) -> NeuronTable:
+    """Per-neuron statistics of the site: the export's ``neuron_stats.tsv``, else computed on reference text."""
+    if export_dir is not None and (export_dir / NEURON_STATS).is_file():
+        if read_export_record(export_dir).grid.site == evaluator.site:
+            table = read_neuron_stats(export_dir / NEURON_STATS, n_layers, n_neurons)
+            record = read_export_record(export_dir)
+            return NeuronTable(*[getattr(table, f) for f in ("n_layers", "n_neurons", "mean", "std", "max_abs",
+                                                             "massive")],
+                               f"export {export_dir} ({NEURON_STATS})", record.n_runs * record.run_tokens)
+    tokens = evaluator.text.reference
+    context = min(evaluator.options.context, len(tokens))
+    windows = tokens[: len(tokens) // context * context].reshape(-1, context)
+    stats = NeuronStats.empty(n_layers * n_neurons)
+    for start in range(0, len(windows), evaluator.options.batch_size):
+        acts = record_activations(evaluator.loaded.model, evaluator.blocks, evaluator.site,
+                      windows[start:start + evaluator.options.batch_size], evaluator.bos, evaluator.device)
+        stats.add(NeuronStats.of(acts.reshape(-1, acts.shape[-1])))
+    which = "the export's own tokens" if evaluator.text.held_out else "the evaluation text (no export found)"
+    return NeuronTable.from_stats(stats, n_layers, n_neurons,
+                                  f"computed on {stats.count} tokens of {which}, {evaluator.text.source}")
+
+
+def _evaluate(model, masks, components, tasks, opts: _Options, device: str, progress: bool, export=None,
+              tx: OutputTransaction | None = None, placement: tuple = ("float32", None)) -> MaskEvalResult:
     mask = masks if isinstance(masks, NeuronMask) else read_mask(masks)
+    export_dir = _export_dir(mask, export)
     site = check_site(opts.site or mask.site or DEFAULT_SITE)
     names = component_names(mask, components)
     task_list = load_tasks(tasks)
@@ -379,18 +516,31 @@ def _evaluate(model, masks, components, tasks, opts: _Options, device: str, prog
     mask = mask.with_size(n_layers, n_neurons)
     bos = bos_token_id(loaded.tokenizer)
     check_language_model(loaded.model, opts.context, bos is not None)
-    text = evaluation_text(loaded.tokenizer, mask.provenance, opts.text, text_field=opts.text_field,
-                           max_tokens=opts.max_tokens, context=opts.context)
-    conditions = _conditions(mask, names, opts.union)
+    text = evaluation_text(loaded.tokenizer, _text_provenance(mask, export_dir), opts.text,
+                           text_field=opts.text_field, max_tokens=opts.max_tokens, context=opts.context)
     layer_inputs = LayerInputs(loaded.model, found)
-    layer_inputs.plan(_first_edited_layer(condition, opts.mode, n_layers, n_neurons) for _, condition in conditions)
     evaluator = _Evaluator(loaded, found, site, opts, text, bos, run_device, task_list, layer_inputs=layer_inputs)
-    if opts.mode == "mean":
+    if opts.mode in MEAN_MODES:
         evaluator.means = neuron_means(loaded, site, token_ids=text.reference, batch_size=opts.batch_size,
                                        blocks=found, context=min(opts.context, len(text.reference)),
                                        device=run_device)
-    baseline, rows = _measure_all(evaluator, conditions, n_layers, n_neurons, progress)
-    return MaskEvalResult(baseline, rows, _settings(evaluator, masks, mask))
+    statistics = _statistics(evaluator, export_dir, n_layers, n_neurons)
+    settings = _settings(evaluator, masks, mask, statistics, export_dir)
+    previous = None
+    if tx is not None and tx.adopted:
+        previous = maskeval.read_partial(tx.staging)
+        changed = [k for k in settings if k != "llm2niftiVersion" and previous["settings"].get(k) != settings[k]]
+        if changed:
+            raise MismatchError(f"cannot resume: the interrupted mask-eval used other settings ({', '.join(changed)})")
+
+    def save(baseline, rows):
+        if tx is not None:
+            maskeval.write_partial(tx.staging, {"baseline": baseline, "conditions": rows, "settings": settings})
+
+    conditions = _conditions(mask, names, opts.conditions, statistics, opts.variance_ranked)
+    layer_inputs.plan(_first_edited_layer(condition, opts.mode, n_layers, n_neurons) for _, condition in conditions)
+    baseline, rows = _measure_all(evaluator, conditions, statistics, progress, previous, save)
+    return MaskEvalResult(baseline, rows, settings)
 
 
 def mask_eval(
@@ -400,7 +550,7 @@ def mask_eval(
     mode: str = "ablate",
     site: str | None = None,
     components=ALL_COMPONENTS,
-    union: bool = True,
+    conditions: str = "union",
     text: str | None = None,
     text_field: str = "text",
     max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -408,11 +558,17 @@ def mask_eval(
     batch_size: int = DEFAULT_BATCH_SIZE,
     random_controls: int = DEFAULT_CONTROLS,
     seed: int = 0,
+    control: str = DEFAULT_CONTROL,
+    control_fraction: float | None = None,
+    control_bins: int = DEFAULT_BINS,
+    variance_ranked: bool = True,
+    export: str | Path | None = None,
     factor: float = DEFAULT_FACTOR,
     value: float = DEFAULT_VALUE,
     tasks=(),
     out: str | Path | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     json: str | Path | None = None,
     csv: str | Path | None = None,
     plot: str | Path | None = None,
@@ -421,7 +577,7 @@ def mask_eval(
     device_map: str | None = None,
     progress: bool = True,
 ) -> MaskEvalResult:
-    """Measure a model with each component of a mask applied, against same-size random controls.
+    """Measure a model with a mask's neurons masked, against matched, disjoint null controls.
 
     Parameters
     ----------
@@ -433,15 +589,17 @@ def mask_eval(
         (``component layer neuron weight``) or a mask. A bare table carries no
         site or model: ``site`` says where it applies and its indices are
         checked against the model's sizes.
-    mode : {"ablate", "keep", "mean", "scale", "add"}
-        See :func:`llm2nifti.masking.apply_mask`.
+    mode : {"ablate", "keep", "mean", "scale", "add", "mean-keep"}
+        See :func:`llm2nifti.masking.apply_mask` (``mean-keep``: neurons
+        outside the set are set to their means).
     site : {"mlp.out", "mlp.hidden", "resid"}, optional
         Default: the mask's own site, else ``mlp.out``.
     components : "all", str or list
         The components to evaluate: ``"all"`` (the default), names and
         indices as ``"C0,C3"`` or ``"0,2-4"`` (index ``i`` is ``C<i>``), or a list.
-    union : bool
-        Also evaluate the union of the selected components (when more than one).
+    conditions : {"union", "components", "all"}
+        Evaluate the union of the selected components (the default; one
+        component is evaluated as itself), each component, or both.
     text : str, optional
         Evaluation text (file, JSONL, ``-`` or ``pydoc``; default the built-in
         corpus). Held out from the export when it is the export's own corpus.
@@ -451,9 +609,25 @@ def mask_eval(
         Tokens evaluated (default 4096), tokens per window (default 256, at
         least 2, at most ``max_tokens``) and windows per forward pass.
     random_controls : int
-        Random controls per condition (default 3; 0 for none).
+        Null controls per condition (default 20; 0 for none).
     seed : int
         Seed of the controls (0 or more).
+    control : {"layer-variance", "layer", "layer-magnitude", "global"}
+        How controls are matched to their condition (see
+        :mod:`llm2nifti.evaluation.controls`); they are always disjoint from it.
+    control_fraction : float, optional
+        With ``control="global"``: draw this fraction of all neurons (the seed
+        paper's "random 15%" is 0.15) instead of the condition's size.
+    control_bins : int
+        Within-layer quantile bins of the matched kinds (default 10).
+    variance_ranked : bool
+        Also evaluate the reference set made of the union's per-layer counts
+        of each layer's highest-variance neurons (what magnitude alone does).
+    export : str or Path, optional
+        The export the mask was made from, for a bare neuron table: its text
+        span makes the evaluation held out and its ``neuron_stats.tsv`` gives
+        the statistics. Default: the export in the mask's provenance; without
+        one, statistics are computed on the evaluation text (the result says so).
     factor, value : float
         Finite numbers for ``scale`` and ``add``.
     tasks : list of str or Path
@@ -464,6 +638,10 @@ def mask_eval(
         Nothing is written to a directory when omitted.
     overwrite : bool
         Replace an existing mask-eval output at ``out``.
+    resume : bool
+        Finish an interrupted mask-eval into ``out``: its baseline and
+        finished conditions (saved after each) are reused, when its settings
+        are the same.
     json, csv, plot : str or Path, optional
         Single files to write as well, each atomically; ``json="-"`` prints
         the JSON to standard output. They may not lie inside ``out``.
@@ -498,20 +676,28 @@ def mask_eval(
         When ``out`` holds files and ``overwrite`` is not given (or they are
         not a mask-eval output).
     """
-    opts = _check_options(mode, site, union, text, text_field, max_tokens, context, batch_size, random_controls,
-                          seed, factor, value)
+    opts = _check_options(mode, site, conditions, text, text_field, max_tokens, context, batch_size,
+                          random_controls, seed, factor, value, control, control_fraction, control_bins,
+                          variance_ranked)
     model = _check_model(model)
     device = check_device(device)
     check_model_placement(model, torch_dtype, device_map)
     check_bool("overwrite", overwrite)
+    check_bool("resume", resume)
     check_bool("progress", progress)
+    if resume and overwrite:
+        raise ParameterError("give one of `resume` and `overwrite`, not both")
     out = check_path("out", out, none_ok=True)
+    if resume and out is None:
+        raise ParameterError("`resume` needs `out`, the directory of the interrupted mask-eval")
+    export = check_path("export", export, none_ok=True)
     files = _check_files(out, json, csv, plot)
     tasks = task_paths(tasks)
     if not isinstance(masks, NeuronMask):
         masks = check_path("masks", masks)
-    with contextlib.nullcontext() if out is None else _transaction(out, overwrite) as tx:
-        result = _evaluate(model, masks, components, tasks, opts, device, progress, (torch_dtype, device_map))
+    with contextlib.nullcontext() if out is None else _transaction(out, overwrite, resume) as tx:
+        result = _evaluate(model, masks, components, tasks, opts, device, progress, export, tx,
+                           (torch_dtype, device_map))
         if tx is not None:
             result._write_into(tx.staging)
             tx.commit()
