@@ -306,6 +306,8 @@ LIBRARY = Path(llm2nifti.__file__).resolve().parent
 FLAG = re.compile(r"--[A-Za-z]")
 #: Shell commands a message may quote: pip's install instructions are no flags of llm2nifti.
 QUOTED_COMMANDS = re.compile(r"pip install [^`]*")
+#: CSS custom properties of the viewer page (``--llm2nifti-height``): not flags.
+CSS_VARIABLES = re.compile(r"--llm2nifti-[a-z-]+")
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -331,7 +333,7 @@ def flag_literals(path: Path) -> list[str]:
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
-            if FLAG.search(QUOTED_COMMANDS.sub("", node.value)):
+            if FLAG.search(CSS_VARIABLES.sub("", QUOTED_COMMANDS.sub("", node.value))):
                 found.append(f"{path.relative_to(LIBRARY.parent)}:{node.lineno}: {node.value[:100]!r}")
     return found
 
