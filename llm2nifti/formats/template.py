@@ -6,7 +6,7 @@ Files of a template directory (``<label>`` is the model's BIDS label)::
     tpl-<label>_desc-brain_mask.nii.gz
     tpl-<label>_seg-layers_dseg.nii.gz    tpl-<label>_seg-layers_dseg.tsv
     tpl-<label>_desc-mean_sbref.nii.gz
-    tpl-<label>_desc-std_sbref.nii.gz  tpl-<label>_desc-maxabs_sbref.nii.gz  neuron_stats.tsv
+    tpl-<label>_desc-std_sbref.nii.gz  tpl-<label>_desc-maxabs_sbref.nii.gz   (per-neuron statistics)
     atlas/layers.lut  atlas/layers.xml    (FSL label atlas of the dseg image)
 
 The images, the dseg table, the lookup table and the neuron map are byte for
@@ -90,7 +90,6 @@ def file_names(label: str) -> dict[str, str]:
         "mean": f"{prefix}_desc-mean_sbref.nii.gz",
         "std": f"{prefix}_desc-std_sbref.nii.gz",
         "maxabs": f"{prefix}_desc-maxabs_sbref.nii.gz",
-        "neuron_stats_tsv": "neuron_stats.tsv",
         "neurons_tsv": NEURON_MAP,
     }
 
