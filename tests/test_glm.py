@@ -206,7 +206,8 @@ def test_localizer_cli_then_mask_eval(tmp_path):
     assert sorted(mask.weights("C0").values(), reverse=True) == pytest.approx(top, rel=1e-5)
     result = mask_eval(model, out / "mask", max_tokens=256, context=64, random_controls=1,
                        progress=False)
-    assert [c["name"] for c in result.conditions] == ["C0"] and result.conditions[0]["controls"]["n"] == 1
+    assert [c["name"] for c in result.conditions] == ["C0", "variance-ranked"]
+    assert result.conditions[0]["controls"]["n"] == 1
     again = CliRunner().invoke(main, ["localizer", "--model", str(model_dir), "--out", str(out)])
     assert again.exit_code == 1 and "--overwrite" in again.output
 
