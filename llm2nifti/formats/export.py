@@ -499,7 +499,7 @@ def open_export(path, *, param: str = "export") -> Export:
     Llm2niftiError
         When ``path`` is not an export.
     """
-    from .reference import check_mask, existing_dir
+    from .grid import check_mask, existing_dir
 
     root = existing_dir(path, param, "an llm2nifti export")
     if not is_export(root):

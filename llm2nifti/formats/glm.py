@@ -146,7 +146,7 @@ class GlmOutput:
 
 def open_glm(path, *, param: str = "glm") -> GlmOutput:
     """Read a complete GLM output directory and check its maps against its record."""
-    from .reference import existing_dir
+    from .grid import existing_dir
 
     root = existing_dir(path, param, "an llm2nifti GLM output")
     require_complete(root, GLM_RECORD, is_output=is_glm_output, what="GLM output", param=param)

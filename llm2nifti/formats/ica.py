@@ -215,7 +215,7 @@ def open_ica(path, *, param: str = "ica") -> IcaOutput:
     Llm2niftiError
         When ``path`` is not an ICA output.
     """
-    from .reference import existing_dir
+    from .grid import existing_dir
 
     root = existing_dir(path, param, "an llm2nifti ICA output")
     require_complete(root, ICA_RECORD, is_output=is_ica_output, what="ICA output", param=param)

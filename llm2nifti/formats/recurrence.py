@@ -130,7 +130,7 @@ def open_recurrence(path, *, param: str = "recurrence") -> RecurrenceOutput:
     Llm2niftiError
         When ``path`` is not a recurrence output.
     """
-    from .reference import existing_dir
+    from .grid import existing_dir
 
     root = existing_dir(path, param, "an llm2nifti recurrence output")
     require_complete(root, RECURRENCE_RECORD, is_output=is_recurrence_output, what="recurrence output",

@@ -26,9 +26,9 @@ from ..errors import DamagedFileError, IncompleteOutputError
 from ..records import RECORD_VERSION, Grid, ModelIdentity, Provenance, check_record_type
 from ..transaction import file_operation, read_json, write_json, write_text
 from .atlas import write_atlas
+from .grid import GridReference, check_mask
 from .neuron_map import FILENAME as NEURON_MAP
 from .neuron_map import layout_from_neuron_map
-from .reference import GridReference, check_mask
 
 TEMPLATE_RECORD = "template.json"
 README = "README.md"
@@ -157,7 +157,7 @@ def read_template_record(root: Path) -> TemplateRecord:
 
 def open_template(path, *, param: str = "template") -> GridReference:
     """Read a template directory and check its record, neuron map and mask against each other."""
-    from .reference import existing_dir
+    from .grid import existing_dir
 
     root = existing_dir(path, param, "an llm2nifti template")
     if not is_template(root):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,11 +19,12 @@ from ..formats.nifti import DTYPES, check_volumes
 from ..layout import LAYOUTS, VOXEL_SIZE_MM, NeuronLayout
 from ..models import DEFAULT_MODEL, LoadedModel, check_model_placement, load_model, model_label
 from ..neuronstats import NeuronStats
-from ..recording import check_finite, record_runs
+from ..recording import record_runs
 from ..records import ExportRecord, Grid, ModelIdentity, TextSpan
 from ..sites import HOOK_POINTS, SITES, find_blocks
 from ..text import bos_token_id, cut_runs, load_corpus, token_texts, tokenize
 from ..transaction import OutputTransaction, remove_partials
+from .runs import OrderedRuns, run_groups, run_summary, write_in_background
 
 DEFAULT_SITE = "mlp.out"
 
@@ -276,7 +275,7 @@ def export(
         sums = OrderedRuns(todo, fold)
         with progress_bar(n_runs, initial=len(done), unit="run", desc="export", enabled=progress) as bar:
             if not sharded:
-                for size in _in_background(write_run, activations()):
+                for size in write_in_background(write_run, activations()):
                     bytes_written += size
                     bar.update()
             else:
@@ -304,67 +303,6 @@ def _check_resumable(previous: ExportRecord, wanted: ExportRecord) -> None:
         before, now = previous.to_json(), wanted.to_json()
         detail = "; ".join(f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in changed)
         raise MismatchError(f"cannot resume: the interrupted export used other settings ({detail})")
-
-
-def run_groups(todo: list[int], run_tokens: int, context: int, batch_size: int) -> list[list[int]]:
-    """The runs computed together: ``batch_size`` windows of ``context`` tokens per forward pass.
-
-    A sharded export computes exactly the same groups, so every forward pass,
-    and every activation, is the one a single process computes.
-    """
-    per_batch = max(1, batch_size * context // run_tokens)
-    return [todo[start:start + per_batch] for start in range(0, len(todo), per_batch)]
-
-
-class OrderedRuns:
-    """Folds per-run summaries with ``fold`` in the order of ``runs``, whatever order they arrive in.
-
-    Float addition is not associative: folding in one fixed order makes the
-    mean and statistics images of a sharded export equal, bit for bit, a
-    single process's. Summaries that arrive early wait for the runs before them.
-    """
-
-    def __init__(self, runs: list[int], fold):
-        self.fold, self.order, self.waiting, self.next = fold, list(runs), {}, 0
-
-    def add(self, run: int, summary) -> None:
-        self.waiting[run] = summary
-        while self.next < len(self.order) and self.order[self.next] in self.waiting:
-            self.fold(self.waiting.pop(self.order[self.next]))
-            self.next += 1
-
-    def check_complete(self) -> None:
-        if self.next != len(self.order):
-            raise RuntimeError(f"run {self.order[self.next]} was never computed")
-
-
-def run_summary(run: int, acts: np.ndarray, n_neurons: int) -> tuple[np.ndarray, NeuronStats]:
-    """Float64 sums over a run's tokens (the mean image) and its exact statistics; refuses non-finite values."""
-    sums = acts.sum(axis=0, dtype=np.float64)  # non-finite exactly where a value is
-    check_finite(acts, sums, n_neurons, f"run {run}")
-    return sums, NeuronStats.of(acts)
-
-
-def _in_background(write, jobs, depth: int = 2):
-    """Run ``write(*job)`` on ``depth`` background threads while ``jobs`` computes the next job.
-
-    At most ``depth`` jobs wait to be written, which bounds memory; results
-    come back in order. Up to ``depth`` runs are written at once, each
-    compressed on several threads (:func:`llm2nifti.formats.nifti.save`);
-    compression releases the GIL, so writing overlaps the model's forward passes.
-    """
-    with ThreadPoolExecutor(max_workers=depth) as pool:
-        pending: deque[Future] = deque()
-        try:
-            for job in jobs:
-                pending.append(pool.submit(write, *job))
-                while len(pending) > depth:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
 
 
 def _check_context(context: int, run_tokens: int, config, bos: bool) -> int:

@@ -52,7 +52,7 @@ def export_group(staging: str, record: dict, runs: list[int], run_ids: np.ndarra
     """
     from ..recording import record_runs
     from ..text import token_texts
-    from .export import _in_background, run_summary
+    from .runs import run_summary, write_in_background
 
     wanted = ExportRecord.from_json(record)
     loaded, found = _worker_model(model, device, torch_dtype, device_map, blocks, down_proj)
@@ -66,7 +66,7 @@ def export_group(staging: str, record: dict, runs: list[int], run_ids: np.ndarra
     def write(run, ids, run_acts):
         return writer.write_run(run, ids, token_texts(loaded.tokenizer, ids), run_acts)
 
-    written = sum(_in_background(write, zip(runs, run_ids, acts)))
+    written = sum(write_in_background(write, zip(runs, run_ids, acts)))
     return sums, written
 
 
