@@ -6,19 +6,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checks import check_bool, check_float, check_path
+from ..checks import check_bool, check_float
 from ..console import log
 from ..formats.glm import is_glm_output, write_glm
 from ..glm import DEFAULTS, NeuronGLM
 from ..ica import open_runs
-from ..transaction import OutputTransaction
+from .results import WrittenResult
 
 #: Neurons with ``|z|`` above this are counted in ``contrasts.tsv`` and drawn (p < 0.001, one-sided).
 DEFAULT_THRESHOLD = 3.09
 
 
 @dataclass
-class GlmResult:
+class GlmResult(WrittenResult):
     """What :func:`run_glm` found, and where it was written.
 
     Attributes
@@ -41,21 +41,11 @@ class GlmResult:
         where = f" -> {self.out_dir}" if self.out_dir else ""
         return f"{self.glm.summary(self.threshold)}; {self.seconds:.1f} s in all{where}"
 
-    def write(self, out: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the output directory (see :mod:`llm2nifti.formats.glm`); returns its path."""
-        out = check_path("out", out)
-        check_bool("overwrite", overwrite)
-        with _transaction(out, overwrite) as tx:
-            self._write_into(tx)
-        return self.out_dir
+    WHAT = "GLM output"
+    is_output = staticmethod(is_glm_output)
 
-    def _write_into(self, tx: OutputTransaction) -> None:
-        write_glm(tx.staging, self.glm, threshold=self.threshold, figures=self.figures)
-        self.out_dir = tx.commit()
-
-
-def _transaction(out: Path, overwrite: bool) -> OutputTransaction:
-    return OutputTransaction(out, what="GLM output", is_output=is_glm_output, overwrite=overwrite)
+    def _write_files(self, directory: Path) -> None:
+        write_glm(directory, self.glm, threshold=self.threshold, figures=self.figures)
 
 
 def run_glm(export_dir, contrast, out: str | Path | None = None, *, trial_type: str = DEFAULTS["trial_type"],
@@ -96,11 +86,11 @@ def run_glm(export_dir, contrast, out: str | Path | None = None, *, trial_type: 
     export = open_runs(export_dir, runs, param="export_dir")
     if out is None:
         return GlmResult(_fit(glm, export, progress), threshold, time.perf_counter() - started, figures)
-    with _transaction(check_path("out", out), overwrite) as tx:
+    with GlmResult.transaction(out, overwrite) as tx:
         result = GlmResult(_fit(glm, export, progress), threshold, 0.0, figures)
         if progress:
             log.info("writing %s", tx.out)
-        result._write_into(tx)
+        result.write_into(tx)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -6,16 +6,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checks import check_bool, check_path
+from ..checks import check_bool
 from ..cluster import check_cluster, joblib_on
 from ..console import log
 from ..formats.ica import is_ica_output, write_ica
 from ..ica import DEFAULTS, NeuronICA, open_runs
-from ..transaction import OutputTransaction
+from .results import WrittenResult
 
 
 @dataclass
-class IcaResult:
+class IcaResult(WrittenResult):
     """What :func:`run_ica` found, and where it was written.
 
     Attributes
@@ -39,25 +39,11 @@ class IcaResult:
         where = f" -> {self.out_dir}" if self.out_dir else ""
         return f"{self.ica.summary()}; {self.seconds:.1f} s in all{where}"
 
-    def write(self, out: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the output directory (see :mod:`llm2nifti.formats.ica`); returns its path.
+    WHAT = "ICA output"
+    is_output = staticmethod(is_ica_output)
 
-        An existing ICA output in ``out`` is replaced only with ``overwrite``,
-        and only once the new one is complete.
-        """
-        out = check_path("out", out)
-        check_bool("overwrite", overwrite)
-        with _transaction(out, overwrite) as tx:
-            self._write_into(tx)
-        return self.out_dir
-
-    def _write_into(self, tx: OutputTransaction) -> None:
-        write_ica(tx.staging, self.ica, figures=self.figures)
-        self.out_dir = tx.commit()
-
-
-def _transaction(out: Path, overwrite: bool) -> OutputTransaction:
-    return OutputTransaction(out, what="ICA output", is_output=is_ica_output, overwrite=overwrite)
+    def _write_files(self, directory: Path) -> None:
+        write_ica(directory, self.ica, figures=self.figures)
 
 
 def run_ica(export_dir: str | Path, out: str | Path | None = None, *, method: str = "canica",
@@ -113,12 +99,12 @@ def run_ica(export_dir: str | Path, out: str | Path | None = None, *, method: st
     if out is None:
         with joblib_on(scheduler):
             return IcaResult(_fit(ica, export, score, progress), time.perf_counter() - started, figures)
-    with _transaction(check_path("out", out), overwrite) as tx:
+    with IcaResult.transaction(out, overwrite) as tx:
         with joblib_on(scheduler):
             result = IcaResult(_fit(ica, export, score, progress), 0.0, figures)
         if progress:
             log.info("writing %s", tx.out)
-        result._write_into(tx)
+        result.write_into(tx)
     result.seconds = time.perf_counter() - started
     return result
 

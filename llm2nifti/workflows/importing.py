@@ -30,7 +30,7 @@ from ..indices import component_name, parse_index_list
 from ..models import file_sha256
 from ..neuronmask import NeuronMask
 from ..selection import DEFAULT_THRESHOLD, check_selection, select_neurons
-from ..transaction import OutputTransaction
+from .results import WrittenResult
 
 #: Affine entries may differ by this much (mm) between a component image and the reference.
 AFFINE_ATOL_MM = 1e-3
@@ -64,7 +64,7 @@ def check_geometry(shape, affine, reference: GridReference, *, what: str = "comp
 
 
 @dataclass
-class ImportResult:
+class ImportResult(WrittenResult):
     """The neurons each component selects, and how they were chosen.
 
     Attributes
@@ -84,13 +84,12 @@ class ImportResult:
     empty: dict = field(default_factory=dict)
     out_dir: Path | None = None
 
-    def write(self, out, *, overwrite: bool = False) -> Path:
-        """Write ``selection.tsv``, ``mask.npz``, ``counts.tsv`` and ``import.json`` (last) into ``out``."""
-        out = check_path("out", out)
-        with OutputTransaction(out, what="import output", is_output=is_import, overwrite=overwrite) as tx:
-            write_selection(tx.staging, self.mask, self.record)
-            self.out_dir = tx.commit()
-        return self.out_dir
+    WHAT = "import output"
+    is_output = staticmethod(is_import)
+
+    def _write_files(self, directory: Path) -> None:
+        """``selection.tsv``, ``mask.npz``, ``counts.tsv`` and ``import.json`` (last)."""
+        write_selection(directory, self.mask, self.record)
 
     def summary(self) -> str:
         counts = ", ".join(f"{c}: {self.mask.size(c)}" for c in self.mask.components)

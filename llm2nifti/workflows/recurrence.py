@@ -5,17 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checks import check_bool, check_path
+from ..checks import check_bool
 from ..console import log
 from ..formats.recurrence import is_recurrence_output, recurrence_tsv, write_recurrence
 from ..ica import DEFAULTS, open_runs
 from ..recurrence import IOU_THRESHOLD, Recurrence
 from ..selection import DEFAULT_THRESHOLD
-from ..transaction import OutputTransaction
+from .results import WrittenResult
 
 
 @dataclass
-class RecurrenceResult:
+class RecurrenceResult(WrittenResult):
     """What :func:`recurrence` found, and where it was written.
 
     Attributes
@@ -39,25 +39,11 @@ class RecurrenceResult:
         """``recurrence.tsv`` as text: one row per template."""
         return recurrence_tsv(self.fitted)
 
-    def write(self, out: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the output directory (see :mod:`llm2nifti.formats.recurrence`); returns its path.
+    WHAT = "recurrence output"
+    is_output = staticmethod(is_recurrence_output)
 
-        An existing recurrence output in ``out`` is replaced only with
-        ``overwrite``, and only once the new one is complete.
-        """
-        out = check_path("out", out)
-        check_bool("overwrite", overwrite)
-        with _transaction(out, overwrite) as tx:
-            self._write_into(tx)
-        return self.out_dir
-
-    def _write_into(self, tx: OutputTransaction) -> None:
-        write_recurrence(tx.staging, self.fitted, figures=self.figures)
-        self.out_dir = tx.commit()
-
-
-def _transaction(out: Path, overwrite: bool) -> OutputTransaction:
-    return OutputTransaction(out, what="recurrence output", is_output=is_recurrence_output, overwrite=overwrite)
+    def _write_files(self, directory: Path) -> None:
+        write_recurrence(directory, self.fitted, figures=self.figures)
 
 
 def recurrence(export_dir: str | Path, out: str | Path | None = None, *, subsets=4, n_components: int = 10,
@@ -106,9 +92,9 @@ def recurrence(export_dir: str | Path, out: str | Path | None = None, *, subsets
     estimator.check_export(export)
     if out is None:
         return RecurrenceResult(estimator.fit(export, progress=progress), figures)
-    with _transaction(check_path("out", out), overwrite) as tx:
+    with RecurrenceResult.transaction(out, overwrite) as tx:
         result = RecurrenceResult(estimator.fit(export, progress=progress), figures)
         if progress:
             log.info("writing %s", tx.out)
-        result._write_into(tx)
+        result.write_into(tx)
     return result
