@@ -55,6 +55,22 @@ class KillSwitch:
             raise transaction.SimulatedKill(f"killed before file operation {number}: {kind} {path}")
 
 
+def kill_at_run(run: int) -> Callable[[str, Path], None]:
+    """Fault hook: a kill just before the ``run``-th run image is renamed into place (and at every later rename).
+
+    The runs before it are complete, so the interrupted export holds something to resume.
+    """
+    renamed: list[Path] = []
+
+    def hook(kind: str, path: Path) -> None:
+        if kind == "rename" and path.name.endswith("_bold.nii.gz"):
+            renamed.append(path)
+            if len(renamed) >= run:
+                raise transaction.SimulatedKill(f"killed before run image {len(renamed)}: {path}")
+
+    return hook
+
+
 @contextlib.contextmanager
 def installed(hook: Callable[[str, Path], None] | None) -> Iterator:
     """Run the block with ``hook`` as :data:`llm2nifti.transaction.fault_hook`."""

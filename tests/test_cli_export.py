@@ -14,6 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import make_tiny
+from faults import installed, kill_at_run
 
 from llm2nifti import export
 from llm2nifti.cli import main
@@ -202,7 +203,7 @@ def test_killed_export_leaves_nothing_complete_looking_and_resume_finishes(tmp_p
                                    np.asarray(nib.load(out_dir / image.relative_to(clean.out_dir)).dataobj), atol=1e-6)
 
 
-def test_resume_refuses_other_settings(tmp_path, tiny_llama_dir, text_file, monkeypatch):
+def test_resume_refuses_other_settings(tmp_path, tiny_llama_dir, text_file):
     from llm2nifti import transaction
 
     args = ["--model", tiny_llama_dir, "--text", text_file, "--run-tokens", "32", "--out", tmp_path / "o", "--quiet"]
@@ -210,18 +211,8 @@ def test_resume_refuses_other_settings(tmp_path, tiny_llama_dir, text_file, monk
     code, out = run_cli(*args, "--resume")
     assert_one_line_error(code, out, r"nothing to resume in .*: the export there is complete")
 
-    renamed = []
-
-    def kill_at_second_run(kind, path):  # run 1 is complete: something worth resuming
-        if kind == "rename" and path.name.endswith("_bold.nii.gz"):
-            renamed.append(path)
-            if len(renamed) == 2:
-                raise transaction.SimulatedKill
-
-    monkeypatch.setattr(transaction, "fault_hook", kill_at_second_run)
-    with pytest.raises(transaction.SimulatedKill):
+    with installed(kill_at_run(2)), pytest.raises(transaction.SimulatedKill):  # run 1 is complete: resumable
         export(tmp_path / "k", make_tiny("llama"), str(text_file), run_tokens=32, max_runs=2, progress=False)
-    monkeypatch.setattr(transaction, "fault_hook", None)
     args = [a if a != tmp_path / "o" else tmp_path / "k" for a in args]
     code, out = run_cli(*args, "--max-runs", "2", "--resume", "--site", "mlp.hidden")
     assert_one_line_error(code, out, r"cannot resume: the interrupted export used other settings \(.*Site: "

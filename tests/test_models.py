@@ -73,25 +73,17 @@ def test_local_directory_records_a_weights_hash_that_follows_the_weights(model_d
     assert second["ModelConfigSHA256"] == first["ModelConfigSHA256"]
 
 
-def test_resume_and_masks_refuse_a_model_whose_weights_changed(model_dir, tmp_path, monkeypatch):
+def test_resume_and_masks_refuse_a_model_whose_weights_changed(model_dir, tmp_path):
     """Same config, other weights: --resume must not append runs of the new model, nor a mask apply."""
+    from faults import installed, kill_at_run
+
     import llm2nifti
     from llm2nifti.errors import MismatchError
 
     text = tmp_path / "text.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 8)
-    renamed = []
-
-    def kill_at_second_run(kind, path):
-        if kind == "rename" and path.name.endswith("_bold.nii.gz"):
-            renamed.append(path)
-            if len(renamed) == 2:
-                raise transaction.SimulatedKill
-
-    monkeypatch.setattr(transaction, "fault_hook", kill_at_second_run)
-    with pytest.raises(transaction.SimulatedKill):
+    with installed(kill_at_run(2)), pytest.raises(transaction.SimulatedKill):
         llm2nifti.export(tmp_path / "e", str(model_dir), str(text), run_tokens=32, max_runs=3, progress=False)
-    monkeypatch.setattr(transaction, "fault_hook", None)
     change_a_weight(model_dir)
     one_line_error(MismatchError, r"cannot resume: .*ModelFileSHA256", llm2nifti.export, tmp_path / "e",
                    str(model_dir), str(text), run_tokens=32, max_runs=3, resume=True, progress=False)
