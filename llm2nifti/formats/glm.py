@@ -28,7 +28,7 @@ from ..errors import DamagedFileError, Llm2niftiError
 from ..layout import NeuronLayout
 from ..records import RECORD_VERSION, Provenance, check_record_type
 from ..transaction import make_dirs, read_json, require_complete, write_json, write_text
-from .ica import _read_maps, json_value, timecourses_name
+from .ica import json_value, read_maps, timecourses_name
 from .tables import tsv_text
 
 Z_IMG = "zmaps.nii.gz"
@@ -162,6 +162,6 @@ def open_glm(path, *, param: str = "glm") -> GlmOutput:
     contrasts = record.get("Contrasts")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1 or not isinstance(contrasts, list) or len(contrasts) != n:
         raise DamagedFileError(f"{source}: NumContrasts must be a positive integer matching Contrasts")
-    maps = {kind: _read_maps(root / IMAGES[kind][0], layout, n, record=GLM_RECORD, param=param)[0]
+    maps = {kind: read_maps(root / IMAGES[kind][0], layout, n, record=GLM_RECORD, param=param)[0]
             for kind in ("z", "t", "effect")}
     return GlmOutput(root.resolve(), record, provenance, layout, maps["z"], maps["t"], maps["effect"])

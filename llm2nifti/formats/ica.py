@@ -187,7 +187,7 @@ def _read_record(root: Path) -> tuple[dict, Provenance, NeuronLayout, int]:
     return record, provenance, layout, n_components
 
 
-def _read_maps(path: Path, layout: NeuronLayout, n_components: int, *, record: str = ICA_RECORD,
+def read_maps(path: Path, layout: NeuronLayout, n_components: int, *, record: str = ICA_RECORD,
                param: str = "ica") -> tuple[np.ndarray, np.ndarray]:
     """Maps of a component image in neuron-id order, and its affine, checked against the recorded grid."""
     from .nifti import load_image
@@ -220,6 +220,6 @@ def open_ica(path, *, param: str = "ica") -> IcaOutput:
     root = existing_dir(path, param, "an llm2nifti ICA output")
     require_complete(root, ICA_RECORD, is_output=is_ica_output, what="ICA output", param=param)
     record, provenance, layout, n_components = _read_record(root)
-    components, affine = _read_maps(root / COMPONENTS_IMG, layout, n_components)
-    components_z, _ = _read_maps(root / COMPONENTS_Z_IMG, layout, n_components)
+    components, affine = read_maps(root / COMPONENTS_IMG, layout, n_components)
+    components_z, _ = read_maps(root / COMPONENTS_Z_IMG, layout, n_components)
     return IcaOutput(root.resolve(), record, provenance, layout, affine, components, components_z)
