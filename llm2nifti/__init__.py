@@ -7,7 +7,7 @@ component maps back to neurons, and test those neurons with masking hooks.
 Every command of the ``llm2nifti`` program has one Python twin here with the
 same parameter names: :func:`export`, :func:`import_components`,
 :func:`run_ica`, :func:`recurrence`, :func:`mask_eval`, :func:`make_template`,
-:func:`view`, :func:`run_glm`, :func:`localizer`.
+:func:`view`, :func:`run_glm`, :func:`localizer`, :func:`study`.
 """
 
 from ._version import __version__
@@ -27,6 +27,7 @@ from .workflows.importing import import_components
 from .workflows.localizer import localizer
 from .workflows.mask_eval import mask_eval
 from .workflows.recurrence import recurrence
+from .workflows.study import study
 from .workflows.template import make_template
 from .workflows.view import ViewResult, view
 
@@ -55,5 +56,6 @@ __all__ = [
     "run_glm",
     "run_ica",
     "site_hooks",
+    "study",
     "view",
 ]

@@ -58,10 +58,20 @@ INTERMEDIATE = 128
 SITE = "mlp.hidden"
 IOU_MIN = 0.9
 N_COMPONENTS = 2 * K  # CanICA needs more components than networks: see docs/ica.md
+# planted_model(readout=True): weights of the networks' and the other neurons' down projections, and the head's gain
+READOUT_WEIGHT, READOUT_NOISE, READOUT_GAIN = 0.05, 1e-3, 1.0
 
 
-def planted_model(seed: int = 0, rope_theta: float = 2.0):
+def planted_model(seed: int = 0, rope_theta: float = 2.0, readout: bool = False):
     """A Llama with ``K`` planted networks among its ``mlp.hidden`` neurons.
+
+    With ``readout`` the networks also *matter*: their neurons write a readout
+    direction that the LM head turns into the corpus' unigram log-frequencies (a
+    good prior for the next token), while every other neuron writes, in
+    proportion to its scale, onto a direction the head reads as random logits
+    (so ablating high-variance neurons changes the loss too: magnitude alone
+    has an effect). All the directions are orthogonal to what the MLPs read, so
+    the networks are recorded as without it.
 
     Returns
     -------
@@ -83,6 +93,8 @@ def planted_model(seed: int = 0, rope_theta: float = 2.0):
     basis, _ = np.linalg.qr(rng.standard_normal((HIDDEN, HIDDEN)))
     u0, sources_dir, networks_dir, background = (basis[:, 0], basis[:, 1:K + 1], basis[:, K + 1:2 * K + 1],
                                                  basis[:, 2 * K + 1:])
+    if readout:
+        readout_dir, noise_dir, background = background[:, 0], background[:, 1], background[:, 2:]
     vocab = config.vocab_size
 
     # sources: printable characters dealt round-robin by corpus frequency, log-normal weights
@@ -138,6 +150,15 @@ def planted_model(seed: int = 0, rope_theta: float = 2.0):
             scale[rng.choice(order[K * MEMBERS:], 2, replace=False)] *= 20.0  # "massive" neurons
             block.mlp.gate_proj.weight.copy_(tensor(gate))
             block.mlp.up_proj.weight.copy_(tensor(up * scale[:, None]))
+            if readout:
+                down = np.outer(noise_dir, READOUT_NOISE * np.ones(INTERMEDIATE))
+                down[:, order[:K * MEMBERS]] = READOUT_WEIGHT * readout_dir[:, None]
+                block.mlp.down_proj.weight.copy_(tensor(down))
+        if readout:
+            logfreq = np.log(freq + 1.0)
+            unigram = np.outer(logfreq - logfreq.mean(), readout_dir)
+            noise = np.outer(rng.standard_normal(vocab), noise_dir)
+            model.lm_head.weight.copy_(tensor(READOUT_GAIN * unigram + noise))
     provenance = {"ModelID": "planted-llama", "ModelClass": type(model).__name__, "ModelRevision": None,
                   "ModelFileSHA256": None, "ModelConfigSHA256": config_sha256(config)}
     return LoadedModel(model, tokenizer, provenance), truth, sources

@@ -196,3 +196,4 @@ from . import import_cmd, mask_eval_cmd  # noqa: E402,F401  # isort: skip
 from . import view_cmd  # noqa: E402,F401  # isort: skip
 from . import glm_cmd  # noqa: E402,F401  # isort: skip
 from . import localizer_cmd  # noqa: E402,F401  # isort: skip
+from . import study_cmd  # noqa: E402,F401  # isort: skip
