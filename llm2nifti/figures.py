@@ -292,34 +292,64 @@ def _write_nilearn_views(ica, out: Path, underlay: str, threshold: float) -> lis
     return written
 
 
-def plot_recurrence(best_iou, threshold: float = 0.2, *, recurrences=None, path: str | Path | None = None,
-                    dpi: int = 110):
+def plot_recurrence(best_iou, threshold: float = 0.2, *, recurrences=None, chance=None, p_values=None,
+                    path: str | Path | None = None, dpi: int = 110):
     """Heatmap of each template's best IoU in each subset (``Recurrence.best_iou_``), annotated.
 
-    Cells at or above ``threshold`` (a recurrence) are outlined. Returns the
-    :class:`matplotlib.figure.Figure`; saved to ``path`` when given.
+    Each cell shows its IoU, and its chance level under it when ``chance``
+    (``Recurrence.chance_iou_``) is given. Outlines: solid red, a recurrence
+    (IoU >= ``threshold``) beyond chance (IoU above the chance level); dashed
+    orange, a recurrence by the threshold alone that chance reaches too. Cells
+    at or below their chance level are hatched. Row labels give the
+    recurrences beyond chance (or at the threshold, without ``chance``) and
+    the p-value. Returns the :class:`matplotlib.figure.Figure`; saved to
+    ``path`` when given.
     """
     from matplotlib.patches import Rectangle
 
     best_iou = np.atleast_2d(np.asarray(best_iou, dtype=float))
     n_templates, n_subsets = best_iou.shape
-    fig = _figure(width=2.2 + 0.75 * n_subsets, height=1.0 + 0.32 * n_templates)
+    chance = None if chance is None else np.atleast_2d(np.asarray(chance, dtype=float))
+    fig = _figure(width=2.8 + 0.8 * n_subsets, height=1.1 + (0.42 if chance is not None else 0.32) * n_templates)
     ax = fig.add_subplot()
     image = ax.imshow(best_iou, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     for t in range(n_templates):
         for s in range(n_subsets):
             value = best_iou[t, s]
-            ax.text(s, t, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                    color="black" if value > 0.6 else "white")
+            color = "black" if value > 0.6 else "white"
+            if chance is None:
+                ax.text(s, t, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
+            else:
+                ax.text(s, t - 0.12, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
+                ax.text(s, t + 0.22, f"ch {chance[t, s]:.2f}", ha="center", va="center", fontsize=5.5, color=color)
+            beyond = chance is None or value > chance[t, s]
+            if not beyond:
+                ax.add_patch(Rectangle((s - 0.5, t - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.6",
+                                       linewidth=0))
             if value >= threshold:
-                ax.add_patch(Rectangle((s - 0.5, t - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.2))
-    labels = [component_name(t) if recurrences is None else f"{component_name(t)} ({int(recurrences[t])}/{n_subsets})"
-              for t in range(n_templates)]
+                style = dict(edgecolor="red", linestyle="-") if beyond else dict(edgecolor="orange", linestyle="--")
+                ax.add_patch(Rectangle((s - 0.45, t - 0.45), 0.9, 0.9, fill=False, linewidth=1.3, **style))
+    counts = recurrences
+    if chance is not None:
+        counts = ((best_iou >= threshold) & (best_iou > chance)).sum(axis=1)
+    labels = []
+    for t in range(n_templates):
+        label = component_name(t)
+        if counts is not None:
+            label += f" ({int(counts[t])}/{n_subsets}"
+            label += f", p={p_values[t]:.2g})" if p_values is not None else ")"
+        labels.append(label)
     ax.set_yticks(range(n_templates), labels, fontsize=7)
     ax.set_xticks(range(n_subsets), [f"{s + 1}" for s in range(n_subsets)], fontsize=7)
     ax.set_xlabel("subset")
-    ax.set_ylabel("group template (recurrences)")
-    ax.set_title(f"best IoU per subset (outlined: >= {threshold:g})", fontsize=9)
+    if chance is None:
+        ax.set_ylabel("group template (recurrences)")
+        ax.set_title(f"best IoU per subset (outlined: >= {threshold:g})", fontsize=9)
+    else:
+        ax.set_ylabel("group template (recurrences beyond chance)")
+        ax.set_title(f"best IoU per subset; ch: chance (95th pct of within-layer null)\n"
+                     f"red: >= {threshold:g} and beyond chance; dashed orange: >= {threshold:g} but at chance; "
+                     f"hatched: at or below chance", fontsize=7)
     fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02, label="IoU")
     fig.tight_layout()
     if path is not None:

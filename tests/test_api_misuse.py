@@ -191,6 +191,10 @@ MISUSE = [
     M("recurrence-z_threshold-nan", lambda a: a.recurrence(z_threshold=NAN), "z_threshold"),
     M("recurrence-sign-unknown", lambda a: a.recurrence(sign="up"), "sign"),
     M("recurrence-n_components-0", lambda a: a.recurrence(n_components=0), "n_components"),
+    M("recurrence-n_permutations-negative", lambda a: a.recurrence(n_permutations=-1), "n_permutations"),
+    M("recurrence-n_permutations-float", lambda a: a.recurrence(n_permutations=10.0), "n_permutations"),
+    M("recurrence-permutation_seed-negative", lambda a: a.recurrence(permutation_seed=-1), "permutation_seed"),
+    M("recurrence-group-number", lambda a: a.recurrence(group=3), "group"),
     # ------------------------------------------------------------ mask_eval
     M("mask_eval-mode-unknown", lambda a: a.mask_eval(mode="zero"), "mode"),
     M("mask_eval-factor-nan", lambda a: a.mask_eval(mode="scale", factor=NAN), "factor"),

@@ -280,6 +280,10 @@ CASES = [
     Case("recurrence-subsets-word", "recurrence {EXP} --subsets many --quiet --out {OUT}"),
     Case("recurrence-incomplete-export", REC + " {D}/export --out {OUT}", setup=_export_copy(_mark_incomplete)),
     Case("recurrence-n-jobs-0", REC + " {EXP} --n-jobs 0 --out {OUT}", expect="--n-jobs"),
+    Case("recurrence-n-permutations-negative", REC + " {EXP} --n-permutations -1 --out {OUT}",
+         expect="--n-permutations"),
+    Case("recurrence-group-missing", REC + " {EXP} --group {D}/nosuch --out {OUT}", expect="--group"),
+    Case("recurrence-group-not-an-ica", REC + " {EXP} --group {EXP} --out {OUT}", expect="--group"),
     # ---------------------------------------------------------------- mask-eval
     Case("mask-eval-readonly-out", MASK_EVAL + " --masks {IMP} --out " + PROC_OUT),
     Case("mask-eval-binary-neurons-tsv", MASK_EVAL + " --masks {D}/neurons.tsv --out {OUT}",

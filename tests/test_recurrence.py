@@ -8,11 +8,20 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from llm2nifti import Recurrence, export, recurrence
+from llm2nifti import Recurrence, export, recurrence, run_ica
 from llm2nifti.cli import main
-from llm2nifti.errors import IncompleteOutputError, Llm2niftiError, ParameterError
+from llm2nifti.errors import DamagedFileError, IncompleteOutputError, Llm2niftiError, MismatchError, ParameterError
 from llm2nifti.formats.recurrence import RECURRENCE_RECORD, open_recurrence
-from llm2nifti.recurrence import binarize, iou_matrix, split_runs
+from llm2nifti.ica import NeuronICA
+from llm2nifti.recurrence import (
+    binarize,
+    chance_iou,
+    iou_matrix,
+    layer_permutations,
+    permutation_p_values,
+    split_runs,
+    within_layer_null,
+)
 from llm2nifti.selection import select_neurons
 
 
@@ -49,22 +58,35 @@ def test_split_runs():
 
 
 def test_recurrence_outputs(tiny_export, tmp_path):
-    result = recurrence(tiny_export, tmp_path / "rec", subsets=2, n_components=3, n_init=1)
+    result = recurrence(tiny_export, tmp_path / "rec", subsets=2, n_components=3, n_init=1, n_permutations=99,
+                        permutation_seed=7)
     fitted = result.fitted
     assert fitted.subset_runs_ == [[1, 2], [3, 4]]
     assert fitted.best_iou_.shape == (3, 2)
     assert np.all((fitted.best_iou_ >= 0) & (fitted.best_iou_ <= 1))
     np.testing.assert_array_equal(fitted.recurrences_, (fitted.best_iou_ >= 0.2).sum(axis=1))
     for name in ("recurrence.tsv", "recurrence.png", "subsets.tsv", "iou.tsv", "templates_z.nii.gz",
-                 "recurrence.json"):
+                 "subset-1_components_z.nii.gz", "subset-2_components_z.nii.gz", "recurrence.json"):
         assert (tmp_path / "rec" / name).is_file(), name
     rows = (tmp_path / "rec" / "recurrence.tsv").read_text().splitlines()
-    assert rows[0].split("\t") == ["template", "n_neurons", "iou_subset-1", "iou_subset-2", "match_subset-1",
-                                   "match_subset-2", "recurrences", "recurrence_rate"]
+    assert rows[0].split("\t") == ["template", "n_neurons", "iou_subset-1", "iou_subset-2", "chance_subset-1",
+                                   "chance_subset-2", "match_subset-1", "match_subset-2", "recurrences",
+                                   "recurrence_rate", "recurrences_beyond_chance", "p_value"]
     assert len(rows) == 4
     assert len((tmp_path / "rec" / "iou.tsv").read_text().splitlines()) == 1 + 2 * 3 * 3
     record = json.loads((tmp_path / "rec" / "recurrence.json").read_text())
     assert record["IoUThreshold"] == 0.2 and record["Subsets"] == [[1, 2], [3, 4]]
+    assert record["Null"] == {"Kind": "within-layer permutation of subset maps", "Permutations": 99, "Seed": 7,
+                              "ChanceQuantile": 0.95}
+    assert record["ChanceIoU"]["C0"] == [float(v) for v in fitted.chance_iou_[0]]
+    assert record["PValues"]["C1"] == float(fitted.p_values_[1])
+    assert record["RecurrencesBeyondChance"] == {f"C{t}": int(r) for t, r in
+                                                 enumerate(fitted.recurrences_beyond_chance_)}
+    assert record["Outputs"]["SubsetMaps"] == ["subset-1_components_z.nii.gz", "subset-2_components_z.nii.gz"]
+    assert record["Group"] is None
+    from llm2nifti.formats.ica import read_maps
+    maps, _ = read_maps(tmp_path / "rec" / "subset-2_components_z.nii.gz", fitted.export_.layout, 3)
+    np.testing.assert_allclose(maps, fitted.subset_icas_[1].components_z_, atol=1e-5)
     assert record["RecordType"] == "recurrence" and record["ModelID"] == "tiny-llama"
     assert result.out_dir == (tmp_path / "rec").absolute()
     read = open_recurrence(tmp_path / "rec")
@@ -103,8 +125,21 @@ def test_incomplete_output_is_refused(tiny_export, tmp_path):
     result = recurrence(tiny_export, subsets=2, n_components=2, n_init=1, figures=False, progress=False)
     assert result.out_dir is None and not list(tmp_path.iterdir())
     out = result.write(tmp_path / "rec")
-    assert sorted(p.name for p in out.iterdir()) == ["iou.tsv", "recurrence.json", "recurrence.tsv", "subsets.tsv",
+    assert sorted(p.name for p in out.iterdir()) == ["iou.tsv", "recurrence.json", "recurrence.tsv",
+                                                      "subset-1_components_z.nii.gz",
+                                                      "subset-2_components_z.nii.gz", "subsets.tsv",
                                                       "templates_z.nii.gz"]
+    assert open_recurrence(out).subset_paths == [out / "subset-1_components_z.nii.gz",
+                                                 out / "subset-2_components_z.nii.gz"]
+    record = json.loads((out / RECURRENCE_RECORD).read_text())
+    image = (out / "subset-2_components_z.nii.gz").read_bytes()
+    (out / "subset-2_components_z.nii.gz").unlink()
+    with pytest.raises(DamagedFileError, match="subset-2_components_z.nii.gz.*is missing"):
+        open_recurrence(out)
+    (out / "subset-2_components_z.nii.gz").write_bytes(image)
+    (out / RECURRENCE_RECORD).write_text(json.dumps({**record, "PValues": {"C0": 0.5}}))
+    with pytest.raises(DamagedFileError, match="PValues must list the templates"):
+        open_recurrence(out)
     (out / RECURRENCE_RECORD).unlink()
     with pytest.raises(IncompleteOutputError, match="unfinished recurrence output"):
         open_recurrence(out)
@@ -143,3 +178,193 @@ def test_planted_networks_recur_in_every_subset(tmp_path):
         assert fitted.recurrences_[template] == 4
         assert fitted.best_iou_[template].min() >= 0.9
     assert len(truth) == K
+
+
+# -- the within-layer permutation null ---------------------------------------------------------
+def _random_set(rng, n_total, size, layers=None, n_neurons=None):
+    """A boolean row with ``size`` random neurons (only in ``layers`` when given)."""
+    pool = np.arange(n_total) if layers is None else np.concatenate(
+        [np.arange(layer * n_neurons, (layer + 1) * n_neurons) for layer in layers])
+    row = np.zeros(n_total, bool)
+    row[rng.choice(pool, size, replace=False)] = True
+    return row
+
+
+def test_layer_permutations_preserve_per_layer_counts():
+    rng = np.random.default_rng(1)
+    n_layers, n_neurons = 5, 40
+    perms = layer_permutations(n_layers, n_neurons, 7, rng)
+    assert perms.shape == (7, n_layers * n_neurons)
+    for perm in perms:
+        assert sorted(perm) == list(range(n_layers * n_neurons))  # a permutation
+        np.testing.assert_array_equal(perm // n_neurons, np.arange(n_layers * n_neurons) // n_neurons)  # in-layer
+    masks = np.stack([_random_set(rng, n_layers * n_neurons, 30) for _ in range(3)])
+    masks[1, :20] = masks[0, :20]  # overlapping components stay overlapping by as much
+    for perm in perms:
+        permuted = masks[:, perm]
+        for row, original in zip(permuted, masks):
+            np.testing.assert_array_equal(np.bincount(np.flatnonzero(row) // n_neurons, minlength=n_layers),
+                                          np.bincount(np.flatnonzero(original) // n_neurons, minlength=n_layers))
+        np.testing.assert_array_equal(permuted.astype(int) @ permuted.T.astype(int), masks.astype(int) @ masks.T)
+    assert not np.array_equal(perms[0], perms[1])
+
+
+def test_null_is_the_iou_of_the_permuted_maps():
+    """The fast null equals the explicit one: permute every subset's maps, take each template's best IoU."""
+    rng = np.random.default_rng(2)
+    n_layers, n_neurons = 6, 50
+    n = n_layers * n_neurons
+    templates = np.stack([_random_set(rng, n, 25) for _ in range(4)] + [np.zeros(n, bool)])
+    subsets = [np.stack([_random_set(rng, n, 20 + c) for c in range(3)]) for _ in range(2)]
+    null = within_layer_null(templates, subsets, n_neurons, 50, random_state=3)
+    assert null.shape == (5, 2, 50)
+    replay = np.random.default_rng(3)
+    for s, masks in enumerate(subsets):
+        perms = layer_permutations(n_layers, n_neurons, 50, replay)
+        for p, perm in enumerate(perms):
+            np.testing.assert_allclose(null[:, s, p], iou_matrix(masks[:, perm], templates).max(axis=0))
+    np.testing.assert_array_equal(null, within_layer_null(templates, subsets, n_neurons, 50, random_state=3))
+    np.testing.assert_array_equal(null[4], 0)  # an empty template matches nothing
+
+
+def test_layer_concentrated_match_is_at_chance():
+    """A template inside one layer, met by random neurons of that layer: IoU >= 0.2 but not beyond chance."""
+    rng = np.random.default_rng(4)
+    n_layers, n_neurons = 10, 100
+    n = n_layers * n_neurons
+    template = _random_set(rng, n, 45, layers=[3], n_neurons=n_neurons)
+    subsets = [np.stack([_random_set(rng, n, 45, layers=[3], n_neurons=n_neurons),
+                         _random_set(rng, n, 40)]) for _ in range(3)]
+    best = np.stack([iou_matrix(m, template[None]).max(axis=0) for m in subsets], axis=1)
+    null = within_layer_null(template[None], subsets, n_neurons, 999, random_state=0)
+    chance = chance_iou(null)
+    p = permutation_p_values(best, null)
+    assert best.min() >= 0.2  # the plain threshold calls it a recurrence in every subset
+    assert chance.min() >= 0.2  # ... but so does the null
+    assert p[0] > 0.05
+    assert not np.all(best > chance)
+
+
+def test_exact_match_has_the_smallest_p_value():
+    rng = np.random.default_rng(5)
+    n_layers, n_neurons = 8, 60
+    n = n_layers * n_neurons
+    templates = np.stack([_random_set(rng, n, 30) for _ in range(2)])
+    subsets = [np.stack([templates[0], _random_set(rng, n, 30)]) for _ in range(3)]
+    best = np.stack([iou_matrix(m, templates).max(axis=0) for m in subsets], axis=1)
+    null = within_layer_null(templates, subsets, n_neurons, 200, random_state=0)
+    p = permutation_p_values(best, null)
+    assert p[0] == 1 / 201
+    assert p[1] > 0.05
+    assert np.all(chance_iou(null)[0] < 0.2)
+
+
+def test_null_is_fast():
+    """SmolLM2's size (30 x 576 neurons), 20 components, 4 subsets, 1000 permutations: seconds."""
+    import time
+
+    rng = np.random.default_rng(6)
+    n_layers, n_neurons = 30, 576
+    n = n_layers * n_neurons
+    templates = np.stack([_random_set(rng, n, 430) for _ in range(20)])
+    subsets = [np.stack([_random_set(rng, n, 430) for _ in range(20)]) for _ in range(4)]
+    started = time.perf_counter()
+    null = within_layer_null(templates, subsets, n_neurons, 1000, random_state=0)
+    assert null.shape == (20, 4, 1000)
+    assert time.perf_counter() - started < 30
+    assert 0.005 < null.mean() < 0.05
+
+
+def test_null_parameters():
+    for kwargs, message in ((dict(n_permutations=-1), "`n_permutations` must be at least 0"),
+                            (dict(n_permutations=1.5), "`n_permutations` must be an integer"),
+                            (dict(permutation_seed=-2), "`permutation_seed` must be at least 0"),
+                            (dict(permutation_seed="x"), "`permutation_seed` must be an integer")):
+        with pytest.raises(ParameterError, match=message):
+            Recurrence(2, 2, **kwargs)
+
+
+def test_recurrence_null_on_the_export(tiny_export):
+    fitted = Recurrence(2, 3, n_init=1, n_permutations=99).fit(tiny_export)
+    assert fitted.null_best_iou_.shape == (3, 2, 99)
+    assert fitted.chance_iou_.shape == (3, 2) and fitted.p_values_.shape == (3,)
+    np.testing.assert_array_equal(fitted.chance_iou_, np.quantile(fitted.null_best_iou_, 0.95, axis=2))
+    assert np.all((fitted.p_values_ >= 1 / 100) & (fitted.p_values_ <= 1))
+    np.testing.assert_array_equal(fitted.recurs_beyond_chance_,
+                                  (fitted.best_iou_ >= 0.2) & (fitted.best_iou_ > fitted.chance_iou_))
+    np.testing.assert_array_equal(fitted.recurrences_beyond_chance_, fitted.recurs_beyond_chance_.sum(axis=1))
+    assert "beyond chance" in fitted.summary()
+    same = Recurrence(2, 3, n_init=1, n_permutations=99).fit(tiny_export)
+    np.testing.assert_array_equal(same.null_best_iou_, fitted.null_best_iou_)
+    off = Recurrence(2, 3, n_init=1, n_permutations=0).fit(tiny_export)
+    assert off.null_best_iou_ is None and off.chance_iou_ is None and off.p_values_ is None
+    assert off.recurs_beyond_chance_ is None and off.recurrences_beyond_chance_ is None
+    np.testing.assert_array_equal(off.best_iou_, fitted.best_iou_)
+    assert "no permutation null" in off.summary()
+    assert off.table()[0]["p_value"] is None
+
+
+def test_group_is_reused(tiny_export, tmp_path):
+    group = NeuronICA(n_components=3, n_init=1).fit(tiny_export, timecourses=False)
+    fitted = Recurrence(2, 3, n_init=1, n_permutations=49).fit(tiny_export)
+    reused = Recurrence(2, 3, n_init=1, n_permutations=49).fit(tiny_export, group=group)
+    assert reused.group_ is group
+    for name in ("templates_", "best_iou_", "best_match_", "null_best_iou_", "chance_iou_", "p_values_"):
+        np.testing.assert_array_equal(getattr(reused, name), getattr(fitted, name), err_msg=name)
+    run_ica(tiny_export, tmp_path / "ica", n_components=3, n_init=1, figures=False, progress=False)
+    result = recurrence(tiny_export, tmp_path / "rec", subsets=2, n_components=3, n_init=1, n_permutations=49,
+                        group=tmp_path / "ica", figures=False, progress=False)
+    np.testing.assert_array_equal(result.fitted.templates_, fitted.templates_)
+    np.testing.assert_allclose(result.fitted.best_iou_, fitted.best_iou_)
+    record = json.loads((tmp_path / "rec" / "recurrence.json").read_text())
+    assert record["Group"] == str((tmp_path / "ica").resolve())
+    assert fitted.group_source_ is None and reused.group_source_ is None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n_components=2), "`group` has 3 components"),
+    (dict(method="dictlearning"), "`group` .*method"),
+    (dict(n_init=2), "`group` .*n_init"),
+])
+def test_group_mismatch_is_refused(tiny_export, tmp_path_factory, kwargs, message):
+    ica_dir = tmp_path_factory.getbasetemp() / "group-ica"
+    if not (ica_dir / "ica.json").is_file():
+        run_ica(tiny_export, ica_dir, n_components=3, n_init=1, figures=False, progress=False)
+    group = NeuronICA(n_components=3, n_init=1).fit(tiny_export, timecourses=False)
+    settings = {"subsets": 2, "n_components": 3, "n_init": 1, "n_permutations": 9, **kwargs}
+    out = tmp_path_factory.mktemp("mismatch")
+    for given in (group, ica_dir):
+        with pytest.raises(MismatchError, match=message):
+            recurrence(tiny_export, out / "rec", group=given, **settings)
+    assert not list(out.iterdir())
+
+
+def test_group_of_other_runs_is_refused(tiny_export, tmp_path):
+    run_ica(tiny_export, tmp_path / "ica", n_components=3, n_init=1, runs="1-2", figures=False, progress=False)
+    with pytest.raises(MismatchError, match="`group` was fitted on runs 1-2"):
+        recurrence(tiny_export, subsets=2, n_components=3, n_init=1, group=tmp_path / "ica")
+    with pytest.raises(Llm2niftiError, match="`group`"):
+        recurrence(tiny_export, subsets=2, n_components=3, n_init=1, group=tmp_path / "nosuch")
+    with pytest.raises(ParameterError, match="`group` must be"):
+        Recurrence(2, 3, n_init=1).fit(tiny_export, group=42)
+
+
+def test_cli_null_and_group(tiny_export, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["recurrence", str(tiny_export), "--subsets", "2", "--n-components", "2",
+                                  "--n-init", "1", "--n-permutations", "-1", "--quiet", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 1 and result.output.startswith("Error: ")
+    assert "--n-permutations must be at least 0" in result.output and len(result.output.splitlines()) == 1
+    run_ica(tiny_export, tmp_path / "ica", n_components=2, n_init=1, figures=False, progress=False)
+    result = runner.invoke(main, ["recurrence", str(tiny_export), "--subsets", "2", "--n-components", "2",
+                                  "--n-init", "1", "--n-permutations", "19", "--permutation-seed", "5",
+                                  "--group", str(tmp_path / "ica"), "--quiet", "--no-figures",
+                                  "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert "beyond chance" in result.output
+    record = json.loads((tmp_path / "b" / "recurrence.json").read_text())
+    assert record["Null"]["Permutations"] == 19 and record["Null"]["Seed"] == 5
+    result = runner.invoke(main, ["recurrence", str(tiny_export), "--subsets", "2", "--n-components", "3",
+                                  "--n-init", "1", "--group", str(tmp_path / "ica"), "--quiet",
+                                  "--out", str(tmp_path / "c")])
+    assert result.exit_code == 1 and result.output.startswith("Error: ") and "--group" in result.output

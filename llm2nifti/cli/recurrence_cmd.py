@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..recurrence import IOU_THRESHOLD
+from ..recurrence import IOU_THRESHOLD, N_PERMUTATIONS
 from ..selection import DEFAULT_THRESHOLD, SIGNS
 from ..workflows.recurrence import recurrence
 from . import main, quiet_option
@@ -15,11 +15,17 @@ Examples:
   llm2nifti recurrence out/smollm2 --out out/smollm2-recurrence
   llm2nifti recurrence out/smollm2 --subsets runs --n-components 20 --out out/per-run
   llm2nifti recurrence out/smollm2 --subsets 4 --n-components 10 --n-init 1 --out out/quick
+  llm2nifti ica out/smollm2 --n-components 10 --out out/smollm2-ica10
+  llm2nifti recurrence out/smollm2 --n-components 10 --group out/smollm2-ica10 --out out/reuse
 
-The templates come from ICA on all runs; each subset is a contiguous group of
-runs (disjoint text). Maps are binarized like `llm2nifti import` (z > 2), and
-a template recurs in a subset when a subset component reaches --iou-threshold
-(0.2 in Liu et al., arXiv 2502.20408).
+The templates come from ICA on all runs (or from --group, an `llm2nifti ica`
+output of all runs with the same settings); each subset is a contiguous group
+of runs (disjoint text). Maps are binarized like `llm2nifti import` (z > 2),
+and a template recurs in a subset when a subset component reaches
+--iou-threshold (0.2 in Liu et al., arXiv 2502.20408). The chance level of
+each best IoU is the 95th percentile of --n-permutations permutations of the
+subset's maps within each layer (which keeps each map's neurons per layer);
+a recurrence beyond chance must also exceed it.
 """
 
 
@@ -37,7 +43,7 @@ def _subsets(ctx, param, value: str):
 @click.argument("export_dir", metavar="EXPORT_DIR", type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output directory: recurrence.tsv, recurrence.png, subsets.tsv, iou.tsv, templates_z.nii.gz, "
-                   "recurrence.json.")
+                   "subset-<S>_components_z.nii.gz, recurrence.json.")
 @click.option("--subsets", default="4", show_default=True, callback=_subsets,
               help="Number of disjoint groups of runs, or 'runs'.")
 @click.option("--n-components", type=click.IntRange(min=1), default=10, show_default=True,
@@ -47,6 +53,12 @@ def _subsets(ctx, param, value: str):
 @click.option("--z-threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
               help="Binarization of the maps (z-score over neurons), as in `llm2nifti import`.")
 @click.option("--sign", type=click.Choice(SIGNS), default="positive", show_default=True, help="Which tail to keep.")
+@click.option("--n-permutations", type=int, default=N_PERMUTATIONS, show_default=True,
+              help="Within-layer permutations of the subset maps for the chance level (0: none).")
+@click.option("--permutation-seed", type=int, default=0, show_default=True, help="Seed of the permutations.")
+@click.option("--group", type=click.Path(file_okay=False), default=None,
+              help="An `llm2nifti ica` output of all runs with the same settings: its maps are the templates "
+                   "(the group ICA is not fitted again).")
 @ica_options
 @click.option("--figures/--no-figures", default=True, show_default=True, help="Draw recurrence.png.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier result in --out.")
@@ -56,7 +68,8 @@ def recurrence_command(export_dir, out, quiet, **options):
 
     Runs group ICA on all runs (templates) and on each subset, binarizes every
     map, and counts for each template the subsets in which some component
-    overlaps it with IoU >= --iou-threshold. Prints the table.
+    overlaps it with IoU >= --iou-threshold, and those in which that IoU is
+    also above chance (a within-layer permutation null). Prints the table.
     """
     result = recurrence(export_dir, out, progress=not quiet, **options)
     click.echo(result.table(), nl=False)

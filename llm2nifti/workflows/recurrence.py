@@ -9,7 +9,7 @@ from ..checks import check_bool
 from ..console import log
 from ..formats.recurrence import is_recurrence_output, recurrence_tsv, write_recurrence
 from ..ica import DEFAULTS, open_runs
-from ..recurrence import IOU_THRESHOLD, Recurrence
+from ..recurrence import IOU_THRESHOLD, N_PERMUTATIONS, Recurrence
 from ..selection import DEFAULT_THRESHOLD
 from .results import WrittenResult
 
@@ -48,7 +48,8 @@ class RecurrenceResult(WrittenResult):
 
 def recurrence(export_dir: str | Path, out: str | Path | None = None, *, subsets=4, n_components: int = 10,
                iou_threshold: float = IOU_THRESHOLD, z_threshold: float = DEFAULT_THRESHOLD, sign: str = "positive",
-               method: str = "canica", n_init: int = DEFAULTS["n_init"], alpha: float = DEFAULTS["alpha"],
+               n_permutations: int = N_PERMUTATIONS, permutation_seed=0, group=None, method: str = "canica",
+               n_init: int = DEFAULTS["n_init"], alpha: float = DEFAULTS["alpha"],
                standardize=DEFAULTS["standardize"], detrend: bool = DEFAULTS["detrend"],
                smoothing_fwhm=DEFAULTS["smoothing_fwhm"], random_state=DEFAULTS["random_state"],
                n_jobs: int = DEFAULTS["n_jobs"], figures: bool = True, overwrite: bool = False,
@@ -70,6 +71,16 @@ def recurrence(export_dir: str | Path, out: str | Path | None = None, *, subsets
         IoU in ``(0, 1]`` at which a subset component counts as a recurrence of a template; 0.2 in Liu et al.
     z_threshold, sign
         Binarization of the maps, as in ``llm2nifti import``.
+    n_permutations : int
+        Permutations of the chance level (each subset's maps shuffled within layers; see
+        :func:`llm2nifti.recurrence.within_layer_null`); 0 computes none.
+    permutation_seed : int or None
+        Seed of the permutations (the ICAs use ``random_state``).
+    group : NeuronICA, str or Path, optional
+        The group ICA, already fitted on all runs of ``export_dir`` with the same settings: a fitted
+        :class:`~llm2nifti.ica.NeuronICA` or an ``llm2nifti ica`` output directory. Its maps are the
+        templates, and only the subsets are fitted. A different number of components, other settings
+        (``n_jobs`` aside), other runs or another export are refused.
     method, n_init, alpha, standardize, detrend, smoothing_fwhm, random_state, n_jobs
         See :class:`llm2nifti.ica.NeuronICA`.
     figures : bool
@@ -84,16 +95,19 @@ def recurrence(export_dir: str | Path, out: str | Path | None = None, *, subsets
     RecurrenceResult
     """
     estimator = Recurrence(subsets, n_components, iou_threshold=iou_threshold, z_threshold=z_threshold, sign=sign,
-                           method=method, n_init=n_init, alpha=alpha, standardize=standardize, detrend=detrend,
+                           n_permutations=n_permutations, permutation_seed=permutation_seed, method=method,
+                           n_init=n_init, alpha=alpha, standardize=standardize, detrend=detrend,
                            smoothing_fwhm=smoothing_fwhm, random_state=random_state, n_jobs=n_jobs)
     for name, value in (("figures", figures), ("overwrite", overwrite), ("progress", progress)):
         check_bool(name, value)
     export = open_runs(export_dir, param="export_dir")
     estimator.check_export(export)
+    if group is not None:
+        group = estimator.check_group(group, export)  # opens a directory; refused before anything is written
     if out is None:
-        return RecurrenceResult(estimator.fit(export, progress=progress), figures)
+        return RecurrenceResult(estimator.fit(export, group=group, progress=progress), figures)
     with RecurrenceResult.transaction(out, overwrite) as tx:
-        result = RecurrenceResult(estimator.fit(export, progress=progress), figures)
+        result = RecurrenceResult(estimator.fit(export, group=group, progress=progress), figures)
         if progress:
             log.info("writing %s", tx.out)
         result.write_into(tx)
