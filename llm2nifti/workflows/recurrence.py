@@ -49,8 +49,9 @@ class RecurrenceResult(WrittenResult):
 def recurrence(export_dir: str | Path, out: str | Path | None = None, *, subsets=4, n_components: int = 10,
                iou_threshold: float = IOU_THRESHOLD, z_threshold: float = DEFAULT_THRESHOLD, sign: str = "positive",
                method: str = "canica", n_init: int = DEFAULTS["n_init"], alpha: float = DEFAULTS["alpha"],
-               standardize=DEFAULTS["standardize"], detrend: bool = DEFAULTS["detrend"],
-               smoothing_fwhm=DEFAULTS["smoothing_fwhm"], random_state=DEFAULTS["random_state"],
+               standardize=DEFAULTS["standardize"], detrend=DEFAULTS["detrend"],
+               smoothing_fwhm=DEFAULTS["smoothing_fwhm"], max_iter: int = DEFAULTS["max_iter"],
+               tol: float = DEFAULTS["tol"], random_state=DEFAULTS["random_state"],
                n_jobs: int = DEFAULTS["n_jobs"], figures: bool = True, overwrite: bool = False,
                progress: bool = True) -> RecurrenceResult:
     """Test whether the group ICA networks of an export recur in disjoint subsets of its runs.
@@ -70,7 +71,7 @@ def recurrence(export_dir: str | Path, out: str | Path | None = None, *, subsets
         IoU in ``(0, 1]`` at which a subset component counts as a recurrence of a template; 0.2 in Liu et al.
     z_threshold, sign
         Binarization of the maps, as in ``llm2nifti import``.
-    method, n_init, alpha, standardize, detrend, smoothing_fwhm, random_state, n_jobs
+    method, n_init, alpha, standardize, detrend, smoothing_fwhm, max_iter, tol, random_state, n_jobs
         See :class:`llm2nifti.ica.NeuronICA`.
     figures : bool
         Draw ``recurrence.png``.
@@ -85,7 +86,8 @@ def recurrence(export_dir: str | Path, out: str | Path | None = None, *, subsets
     """
     estimator = Recurrence(subsets, n_components, iou_threshold=iou_threshold, z_threshold=z_threshold, sign=sign,
                            method=method, n_init=n_init, alpha=alpha, standardize=standardize, detrend=detrend,
-                           smoothing_fwhm=smoothing_fwhm, random_state=random_state, n_jobs=n_jobs)
+                           smoothing_fwhm=smoothing_fwhm, max_iter=max_iter, tol=tol, random_state=random_state,
+                           n_jobs=n_jobs)
     for name, value in (("figures", figures), ("overwrite", overwrite), ("progress", progress)):
         check_bool(name, value)
     export = open_runs(export_dir, param="export_dir")
