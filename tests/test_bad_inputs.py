@@ -259,6 +259,10 @@ CASES = [
     Case("ica-random-state-negative", ICA + " {EXP} --random-state -1 --out {OUT}", expect="--random-state"),
     Case("ica-threshold-nan", ICA + " {EXP} --threshold nan --out {OUT}", expect="--threshold"),
     Case("ica-threshold-word", ICA + " {EXP} --threshold maybe --out {OUT}"),
+    Case("ica-max-iter-0", ICA + " {EXP} --max-iter 0 --out {OUT}", expect="--max-iter"),
+    Case("ica-tol-negative", ICA + " {EXP} --tol -1 --out {OUT}", expect="--tol"),
+    Case("ica-temporal-standardized", ICA + " {EXP} --method fastica-temporal --standardize zscore_sample "
+         "--out {OUT} --overwrite", existing="ICA", expect="--standardize"),
     Case("ica-too-many-components", "ica {EXP} --n-components 500 --n-init 1 --no-figures --quiet --out {OUT}",
          expect="--n-components"),
     Case("ica-bad-runs-overwrite", ICA + " {EXP} --runs 9 --out {OUT} --overwrite", existing="ICA", expect="--runs"),
@@ -280,6 +284,7 @@ CASES = [
     Case("recurrence-subsets-word", "recurrence {EXP} --subsets many --quiet --out {OUT}"),
     Case("recurrence-incomplete-export", REC + " {D}/export --out {OUT}", setup=_export_copy(_mark_incomplete)),
     Case("recurrence-n-jobs-0", REC + " {EXP} --n-jobs 0 --out {OUT}", expect="--n-jobs"),
+    Case("recurrence-max-iter-0", REC + " {EXP} --max-iter 0 --out {OUT}", expect="--max-iter"),
     # ---------------------------------------------------------------- mask-eval
     Case("mask-eval-readonly-out", MASK_EVAL + " --masks {IMP} --out " + PROC_OUT),
     Case("mask-eval-binary-neurons-tsv", MASK_EVAL + " --masks {D}/neurons.tsv --out {OUT}",
