@@ -259,6 +259,10 @@ CASES = [
     Case("ica-random-state-negative", ICA + " {EXP} --random-state -1 --out {OUT}", expect="--random-state"),
     Case("ica-threshold-nan", ICA + " {EXP} --threshold nan --out {OUT}", expect="--threshold"),
     Case("ica-threshold-word", ICA + " {EXP} --threshold maybe --out {OUT}"),
+    Case("ica-max-iter-0", ICA + " {EXP} --max-iter 0 --out {OUT}", expect="--max-iter"),
+    Case("ica-tol-negative", ICA + " {EXP} --tol -1 --out {OUT}", expect="--tol"),
+    Case("ica-temporal-standardized", ICA + " {EXP} --method fastica-temporal --standardize zscore_sample "
+         "--out {OUT} --overwrite", existing="ICA", expect="--standardize"),
     Case("ica-too-many-components", "ica {EXP} --n-components 500 --n-init 1 --no-figures --quiet --out {OUT}",
          expect="--n-components"),
     Case("ica-bad-runs-overwrite", ICA + " {EXP} --runs 9 --out {OUT} --overwrite", existing="ICA", expect="--runs"),
@@ -284,6 +288,7 @@ CASES = [
          expect="--n-permutations"),
     Case("recurrence-group-missing", REC + " {EXP} --group {D}/nosuch --out {OUT}", expect="--group"),
     Case("recurrence-group-not-an-ica", REC + " {EXP} --group {EXP} --out {OUT}", expect="--group"),
+    Case("recurrence-max-iter-0", REC + " {EXP} --max-iter 0 --out {OUT}", expect="--max-iter"),
     # ---------------------------------------------------------------- mask-eval
     Case("mask-eval-readonly-out", MASK_EVAL + " --masks {IMP} --out " + PROC_OUT),
     Case("mask-eval-binary-neurons-tsv", MASK_EVAL + " --masks {D}/neurons.tsv --out {OUT}",

@@ -1,12 +1,14 @@
-"""``llm2nifti ica``: nilearn's estimators on an export, outputs on the export's grid, CLI."""
+"""``llm2nifti ica``: nilearn's estimators (and fastica-temporal) on an export, outputs on the export's grid, CLI."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -21,7 +23,7 @@ from llm2nifti.errors import DamagedFileError, IncompleteOutputError, Llm2niftiE
 from llm2nifti.formats.export import open_export
 from llm2nifti.formats.ica import ICA_RECORD, open_ica
 from llm2nifti.formats.selection import SELECTION_TSV
-from llm2nifti.ica import DEFAULTS, NeuronICA, open_runs, to_neuron_order, zscore_maps
+from llm2nifti.ica import DEFAULTS, NeuronICA, TemporalICA, open_runs, read_tokens, to_neuron_order, zscore_maps
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +126,127 @@ def test_estimator_is_unchanged_nilearn():
     assert type(NeuronICA("dictlearning").make_estimator("m.nii.gz")) is DictLearning
 
 
+def test_defaults_give_unpatched_canicas_maps(tiny_export):
+    """``max_iter``/``tol`` reach CanICA's FastICA through a rebound copy of its code; the defaults change nothing."""
+    from nilearn.decomposition import CanICA
+
+    ica = NeuronICA(n_components=3, n_init=2).fit(tiny_export, timecourses=False)
+    export = open_export(tiny_export)
+    plain = CanICA(mask=str(export.paths.mask), n_components=3, n_init=2, smoothing_fwhm=None, threshold=None,
+                   standardize="zscore_sample", detrend=True, t_r=1.0, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain.fit([str(p) for p in export.run_paths])
+    np.testing.assert_array_equal(ica.estimator_.components_, plain.components_)
+    assert type(ica.estimator_) is CanICA and "_unmix_components" not in vars(ica.estimator_)
+    # on this tiny export CanICA's FastICA runs to sklearn's limit: nilearn warns once per restart, as before
+    assert ica.n_iter_ == [200, 200] and ica.converged_ == [False, False] and ica.n_not_converged_ == 2
+    assert "FastICA converged in 0 of 2 restarts (iterations 200" in ica.summary()
+
+
+def test_max_iter_reaches_canicas_restarts(tiny_export, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="llm2nifti")
+    result = run_ica(tiny_export, tmp_path / "ica", n_components=2, n_init=3, max_iter=1, figures=False)
+    ica = result.ica
+    assert ica.n_iter_ == [1, 1, 1] and ica.converged_ == [False, False, False] and ica.n_not_converged_ == 3
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("FastICA converged in 0 of 3 restarts (iterations 1; `max_iter` 1" in m for m in warned), warned
+    restarts = [r.getMessage() for r in caplog.records if "CanICA restart" in r.getMessage()]
+    assert len(restarts) == 3 and restarts[0].startswith("CanICA restart 1/3: FastICA did not converge after 1")
+    record = json.loads((tmp_path / "ica" / ICA_RECORD).read_text())
+    assert record["Convergence"] == {"MaxIter": 1, "Tol": 1e-4, "Iterations": [1, 1, 1],
+                                     "Converged": [False, False, False]}
+    assert record["NumNotConverged"] == 3 and record["Parameters"]["max_iter"] == 1
+    assert "FastICA converged in 0 of 3 restarts" in result.summary()
+    loose = NeuronICA(n_components=2, n_init=1, tol=0.5).fit(tiny_export, timecourses=False)
+    assert loose.converged_ == [True] and loose.n_iter_[0] < ica.n_iter_[0] + 5
+
+
+# -- fastica-temporal -------------------------------------------------------------------------
+def test_temporal_ica_algebra():
+    """``X - mean ~ S @ maps``: exact when nothing is reduced, the PCA reconstruction otherwise; peaks positive."""
+    rng = np.random.default_rng(0)
+    sources = rng.laplace(size=(300, 4))
+    X = (sources @ rng.normal(size=(4, 12)) + 0.01 * rng.normal(size=(300, 12)) + 5).astype(np.float32)
+    original = X.copy()
+    full = TemporalICA(12, max_iter=1000).fit(X.copy())
+    np.testing.assert_allclose(full.sources_ @ full.components_ + full.mean_, original, atol=1e-3)
+    reduced = TemporalICA(4, max_iter=1000).fit(X)  # X is overwritten
+    centred = original - reduced.mean_.astype(np.float32)
+    np.testing.assert_allclose(reduced.mean_, original.mean(axis=0), rtol=1e-5)
+    pca_reconstruction = reduced.pca_.inverse_transform(reduced.pca_.transform(centred))
+    np.testing.assert_allclose(reduced.sources_ @ reduced.components_, pca_reconstruction, atol=1e-3)
+    np.testing.assert_allclose(reduced.sources_.std(axis=0), 1, atol=1e-6)  # unit variance
+    peaks = reduced.components_[np.arange(4), np.argmax(np.abs(reduced.components_), axis=1)]
+    assert (peaks > 0).all()
+    np.testing.assert_allclose(reduced.transform(original), reduced.sources_, atol=1e-4)
+    # the independent sources come back (up to order, sign and scale)
+    corr = np.abs(np.corrcoef(reduced.sources_.T, sources.T)[:4, 4:])
+    assert (corr.max(axis=1) > 0.99).all()
+    projected = centred.astype(np.float64) @ reduced.components_.T
+    expected = (projected ** 2).sum(axis=0) / (reduced.components_ ** 2).sum(axis=1) / (centred ** 2.0).sum()
+    np.testing.assert_allclose(reduced.explained_variance_, expected, rtol=1e-4)
+
+
+def test_fastica_temporal_writes_maps_import_accepts(tiny_export, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="llm2nifti")
+    out = tmp_path / "seed"
+    result = run_ica(tiny_export, out, method="fastica-temporal", n_components=3, figures=False, score=True)
+    ica = result.ica
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("randomized PCA: 256 tokens x 72 neurons -> 3 dimensions") for m in messages), messages
+    assert any(m.startswith("FastICA (3 components) in") for m in messages), messages
+    assert type(ica.estimator_).__name__ == "FastICA" and ica.pca_.svd_solver == "randomized"
+    assert ica.estimator_.whiten == "unit-variance"
+    mask = nib.load(open_export(tiny_export).paths.mask)
+    for name in ("components.nii.gz", "components_z.nii.gz"):
+        img = nib.load(out / name)
+        assert img.shape == mask.shape + (3,) and np.array_equal(img.affine, mask.affine)
+    read = open_ica(out)
+    np.testing.assert_allclose(read.components, ica.components_, rtol=1e-5, atol=1e-6)
+    # the maps are the neuron-space mixing matrix, in neuron-id order: X - mean ~ S @ maps
+    X, lengths = read_tokens(ica.export_)
+    assert lengths == [64] * 4
+    centred = X - X.mean(axis=0)
+    reconstruction = np.concatenate(ica.timecourses_) @ ica.components_
+    pca = ica.pca_
+    np.testing.assert_allclose(reconstruction, pca.inverse_transform(pca.transform(centred)), atol=1e-3)
+    assert (ica.components_[np.arange(3), np.argmax(np.abs(ica.components_), axis=1)] > 0).all()
+    again = ica.transform([str(ica.export_.run_paths[1])])[0]  # float32 data: agrees to about 1e-4 of unit variance
+    np.testing.assert_allclose(again, ica.timecourses_[1], atol=2e-3)
+    assert 0 < ica.explained_variance_.sum() <= 1.0 + 1e-6
+    record = json.loads((out / ICA_RECORD).read_text())
+    assert record["Method"] == "fastica-temporal" and record["Estimator"] == "sklearn.decomposition.FastICA"
+    assert record["EstimatorParameters"]["whiten"] == "unit-variance"
+    assert record["TemporalICA"]["ReductionParameters"]["svd_solver"] == "randomized"
+    assert record["Parameters"]["standardize"] == "auto" and len(record["TemporalICA"]["Signs"]) == 3
+    assert record["Convergence"]["MaxIter"] == 200 and len(record["Convergence"]["Iterations"]) == 1
+    assert len(list((out / "timecourses").glob("*.tsv"))) == 4
+    selected = import_components(out / "components_z.nii.gz", export=tiny_export).mask
+    assert selected.components and all(selected.size(c) > 0 for c in selected.components)
+    assert "(fastica-temporal, 4 runs)" in result.summary()
+
+
+def test_fastica_temporal_max_iter_one(tiny_export, tmp_path, caplog):
+    ica = NeuronICA("fastica-temporal", 3, max_iter=1, standardize="none", detrend=False)
+    ica.fit(tiny_export, timecourses=False)
+    assert ica.n_iter_ == [1] and ica.converged_ == [False] and ica.n_not_converged_ == 1
+    assert any("FastICA did not converge in 1 iterations" in r.getMessage() for r in caplog.records
+               if r.levelno == logging.WARNING)
+    assert "did not converge" in NeuronICA("fastica-temporal", 2, max_iter=1).fit(tiny_export).summary()
+
+
+def test_cli_fastica_temporal(tiny_export, tmp_path):
+    out = tmp_path / "seed"
+    result = CliRunner().invoke(main, ["ica", str(tiny_export), "--method", "fastica-temporal", "--n-components",
+                                       "2", "--max-iter", "500", "--tol", "1e-3", "--no-figures", "--quiet",
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / ICA_RECORD).read_text())
+    assert record["EstimatorParameters"]["max_iter"] == 500 and record["EstimatorParameters"]["tol"] == 1e-3
+    assert record["Parameters"]["detrend"] == "auto"
+
+
 def test_run_selection(tiny_export):
     assert open_runs(tiny_export, "1,3-4").runs == [1, 3, 4]
     assert open_runs(tiny_export, [2, 1]).runs == [2, 1]
@@ -139,7 +262,7 @@ def test_run_selection(tiny_export):
     (dict(n_components=True), "`n_components` must be an integer"),
     (dict(n_components=10_000), "`n_components` 10000 exceeds the 72 neurons of the export"),
     (dict(n_components=70, runs=[1]), "`n_components` 70 exceeds the 64 tokens of the runs used"),
-    (dict(method="pca"), "`method` must be one of canica, dictlearning"),
+    (dict(method="pca"), "`method` must be one of canica, dictlearning, fastica-temporal"),
     (dict(standardize="robust"), "`standardize` must be one of"),
     (dict(threshold="high"), "`threshold` must be None, 'auto' or a number"),
     (dict(threshold=float("nan")), "`threshold` must be a finite number"),
@@ -154,7 +277,19 @@ def test_run_selection(tiny_export):
     (dict(random_state=2**32), "`random_state` must be at most"),
     (dict(random_state=1.5), "`random_state` must be an integer"),
     (dict(n_jobs=0), "`n_jobs` must not be 0"),
-    (dict(detrend="yes"), "`detrend` must be True or False"),
+    (dict(detrend="yes"), "`detrend` must be True, False or 'auto'"),
+    (dict(max_iter=0), "`max_iter` must be at least 1"),
+    (dict(max_iter=1.5), "`max_iter` must be an integer"),
+    (dict(tol=-1), "`tol` must be greater than 0"),
+    (dict(tol=0), "`tol` must be greater than 0"),
+    (dict(tol=float("nan")), "`tol` must be a finite number"),
+    (dict(method="dictlearning", max_iter=100), "`max_iter` applies to FastICA"),
+    (dict(method="dictlearning", tol=1e-3), "`tol` applies to FastICA"),
+    (dict(method="fastica-temporal", standardize="zscore_sample"), "`standardize` must be 'none' or 'auto' with"),
+    (dict(method="fastica-temporal", standardize=True), "`standardize` must be 'none' or 'auto' with"),
+    (dict(method="fastica-temporal", standardize="psc"), "`standardize` must be 'none' or 'auto' with"),
+    (dict(method="fastica-temporal", detrend=True), "`detrend` must be False or 'auto' with"),
+    (dict(method="fastica-temporal", smoothing_fwhm=6), "`smoothing_fwhm` must be None or 0 with"),
     (dict(verbose=-1), "`verbose` must be at least 0"),
     (dict(score=1), "`score` must be True or False"),
     (dict(figures=None), "`figures` must be True or False"),
@@ -278,6 +413,11 @@ def test_cli(tiny_export, tmp_path):
 
 @pytest.mark.parametrize("args, code, message", [
     (["--n-components", "2", "--runs", "7"], 1, "Error: run 7 is not in the export"),
+    (["--n-components", "2", "--max-iter", "0"], 1, "Error: --max-iter must be at least 1, got 0"),
+    (["--n-components", "2", "--tol", "-1"], 1, "Error: --tol must be greater than 0"),
+    (["--method", "fastica-temporal", "--standardize", "zscore_sample"], 1,
+     "Error: --standardize must be 'none' or 'auto' with --method 'fastica-temporal'"),
+    (["--method", "fastica-temporal", "--detrend"], 1, "Error: --detrend must be False or 'auto'"),
     (["--threshold", "high"], 2, "is not none, auto or a number"),
     (["--method", "pca"], 2, "Invalid value"),
 ])
@@ -299,7 +439,8 @@ def test_help_explains_defaults():
     assert result.exit_code == 0
     text = " ".join(result.output.split())
     assert "Defaults that differ from nilearn's" in text
-    for option in ("--smoothing-fwhm 0", "--threshold none", "--random-state 0", "--standardize"):
+    for option in ("--smoothing-fwhm 0", "--threshold none", "--random-state 0", "--standardize", "--max-iter",
+                   "--tol", "fastica-temporal is the decomposition of Liu et al."):
         assert option in text
 
 

@@ -19,6 +19,8 @@ def test_ica_on_a_dask_cluster_equals_the_local_fit(tiny_export):
                              scheduler=cluster.scheduler_address)
     assert stream.data, "nilearn's joblib work did not run on the cluster"
     np.testing.assert_allclose(remote.ica.components_, local.ica.components_, rtol=1e-6, atol=1e-7)
+    # FastICA's iterations come back from the workers too
+    assert remote.ica.n_iter_ == local.ica.n_iter_ and remote.ica.converged_ == local.ica.converged_
     for a, b in zip(remote.ica.timecourses_, local.ica.timecourses_):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

@@ -109,11 +109,26 @@ def test_recurrence_outputs(tiny_export, tmp_path):
     (dict(n_jobs=0), "`n_jobs` must not be 0"),
     (dict(random_state=-1), "`random_state` must be at least 0"),
     (dict(figures="no"), "`figures` must be True or False"),
+    (dict(max_iter=0), "`max_iter` must be at least 1"),
+    (dict(tol=-1), "`tol` must be greater than 0"),
+    (dict(method="fastica-temporal", standardize="zscore_sample"), "`standardize` must be 'none' or 'auto'"),
 ])
 def test_parameter_errors(tiny_export, tmp_path, kwargs, message):
     with pytest.raises(ParameterError, match=message):
         recurrence(tiny_export, tmp_path / "out", **{"subsets": 2, "n_components": 2, "n_init": 1, **kwargs})
     assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_max_iter_and_tol_reach_every_ica(tiny_export):
+    """The Python twin takes the same names as ``llm2nifti ica``; every ICA (group, subsets) gets them."""
+    fitted = recurrence(tiny_export, subsets=2, n_components=2, n_init=2, max_iter=3, tol=1e-2, figures=False,
+                        progress=False).fitted
+    for ica in (fitted.group_, *fitted.subset_icas_):
+        assert ica.max_iter == 3 and ica.tol == 1e-2 and len(ica.n_iter_) == 2
+        assert all(1 <= n <= 3 for n in ica.n_iter_)
+    seed = recurrence(tiny_export, subsets=2, n_components=2, method="fastica-temporal", max_iter=500,
+                      figures=False, progress=False).fitted
+    assert type(seed.group_.estimator_).__name__ == "FastICA" and seed.group_.estimator_.max_iter == 500
 
 
 def test_estimator_refuses_unknown_ica_parameters():
@@ -160,6 +175,12 @@ def test_cli(tiny_export, tmp_path):
     assert result.exit_code == 1 and result.output.startswith("Error: ") and "exceeds the 4 runs" in result.output
     result = runner.invoke(main, ["recurrence", str(tiny_export), "--subsets", "some", "--out", str(tmp_path / "y")])
     assert result.exit_code == 2
+    result = runner.invoke(main, ["recurrence", str(tiny_export), "--max-iter", "0", "--out", str(tmp_path / "z")])
+    assert result.exit_code == 1 and result.output == "Error: --max-iter must be at least 1, got 0\n"
+    result = runner.invoke(main, ["recurrence", str(tiny_export), "--subsets", "2", "--n-components", "2",
+                                  "--n-init", "1", "--max-iter", "5", "--tol", "0.01", "--no-figures", "--quiet",
+                                  "--out", str(tmp_path / "w")])
+    assert result.exit_code == 0, result.output
 
 
 def test_planted_networks_recur_in_every_subset(tmp_path):

@@ -1,4 +1,4 @@
-"""The ICA output: nilearn's maps on the export's grid, their time courses, figures and record.
+"""The ICA output: the maps (nilearn's, or fastica-temporal's) on the export's grid, time courses, figures, record.
 
 Files of an ICA directory::
 
@@ -7,8 +7,8 @@ Files of an ICA directory::
     components.tsv         per component: explained variance, neurons with z > 2, peak
     timecourses/<run>_timecourses.tsv   one row per token, one column per component
     figures/               layer x neuron heatmaps and nilearn views (see llm2nifti.figures)
-    ica.json               parameters (ours and nilearn's), runs, provenance of the export;
-                           written last, after the figures: the completion mark
+    ica.json               parameters (ours and the estimator's), FastICA's convergence, runs,
+                           provenance of the export; written last, after the figures: the completion mark
 
 :func:`write_ica` writes them (into a transaction's staging directory),
 :func:`open_ica` reads a complete one back and checks it.
@@ -70,18 +70,37 @@ def json_value(value):
 def ica_record(fitted, timecourse_files: list[str], figures: bool) -> dict:
     """``ica.json`` of a fitted :class:`~llm2nifti.ica.NeuronICA`."""
     import nilearn
+    import sklearn
 
     export = fitted.export_
     variance = fitted.explained_variance_
+    convergence = None
+    if fitted.n_iter_ is not None:
+        convergence = {"MaxIter": int(fitted.max_iter), "Tol": float(fitted.tol),
+                       "Iterations": [int(n) for n in fitted.n_iter_],
+                       "Converged": [bool(c) for c in fitted.converged_]}
+    temporal = None
+    if fitted.pca_ is not None:
+        temporal = {"Input": "runs concatenated in order (tokens x neurons of the brain mask), each neuron centred "
+                             "over all tokens; no scaling, no detrending, no smoothing",
+                    "Reduction": "sklearn.decomposition.PCA",
+                    "ReductionParameters": {k: json_value(v) for k, v in fitted.pca_.get_params().items()},
+                    "ReducedVarianceRatio": finite_or_none(float(fitted.pca_.explained_variance_ratio_.sum())),
+                    "Maps": "FastICA.mixing_.T @ PCA.components_, each flipped so its largest-magnitude neuron "
+                            "is positive",
+                    "Signs": [int(v) for v in fitted.temporal_.signs_]}
     return {
         "RecordType": RECORD_TYPE,
         "RecordVersion": RECORD_VERSION,
         "llm2niftiVersion": __version__,
         "Method": fitted.method,
-        "Estimator": f"nilearn.decomposition.{type(fitted.estimator_).__name__}",
+        "Estimator": fitted.estimator_name_,
         "NilearnVersion": nilearn.__version__,
+        "ScikitLearnVersion": sklearn.__version__,
         "Parameters": {k: json_value(v) for k, v in fitted.get_params().items()},
         "EstimatorParameters": {k: json_value(v) for k, v in fitted.estimator_.get_params().items()},
+        "TemporalICA": temporal,
+        "Convergence": convergence,
         "Export": str(export.root),
         "Mask": str(export.paths.mask),
         "Runs": list(export.runs),

@@ -1,4 +1,4 @@
-"""``ica``: nilearn's CanICA or DictLearning on an export, written as maps on the export's grid."""
+"""``ica``: nilearn's CanICA or DictLearning (or the seed's temporal FastICA) on an export, written as maps."""
 
 from __future__ import annotations
 
@@ -50,10 +50,11 @@ def run_ica(export_dir: str | Path, out: str | Path | None = None, *, method: st
             n_components: int = DEFAULTS["n_components"], runs=None, smoothing_fwhm=DEFAULTS["smoothing_fwhm"],
             standardize=DEFAULTS["standardize"], detrend: bool = DEFAULTS["detrend"],
             threshold=DEFAULTS["threshold"], n_init: int = DEFAULTS["n_init"], alpha: float = DEFAULTS["alpha"],
+            max_iter: int = DEFAULTS["max_iter"], tol: float = DEFAULTS["tol"],
             random_state=DEFAULTS["random_state"], n_jobs: int = DEFAULTS["n_jobs"], figures: bool = True,
             score: bool = False, overwrite: bool = False, progress: bool = True, verbose: int = 0,
             scheduler: str | None = None) -> IcaResult:
-    """Run nilearn's CanICA or DictLearning on an export, and write the results when ``out`` is given.
+    """Run nilearn's CanICA or DictLearning, or ``fastica-temporal``, on an export; write the results to ``out``.
 
     Parameters
     ----------
@@ -62,9 +63,11 @@ def run_ica(export_dir: str | Path, out: str | Path | None = None, *, method: st
     out : str or Path, optional
         Output directory (see :mod:`llm2nifti.formats.ica`); nothing is written when ``None``.
         It is built beside ``out`` and moved into place only when complete.
-    method, n_components, smoothing_fwhm, standardize, detrend, threshold, n_init, alpha, random_state, n_jobs
+    method, n_components, smoothing_fwhm, standardize, detrend, threshold, n_init, alpha, max_iter, tol, \
+random_state, n_jobs
         See :class:`~llm2nifti.ica.NeuronICA`, whose module docstring says why
-        some defaults differ from nilearn's.
+        some defaults differ from nilearn's, what ``fastica-temporal``
+        computes, and how ``max_iter`` and ``tol`` reach CanICA's FastICA.
     runs : str or iterable of int, optional
         Run numbers (or ``"1,3,5-8"``) to use; default all.
     figures : bool
@@ -74,7 +77,9 @@ def run_ica(export_dir: str | Path, out: str | Path | None = None, *, method: st
     overwrite : bool
         Replace an earlier ICA output in ``out``.
     progress : bool
-        Progress messages.
+        Progress messages: each CanICA restart as it finishes, the PCA and
+        FastICA steps of fastica-temporal with their times, and a line on
+        FastICA's convergence.
     verbose : int
         nilearn's verbosity.
     scheduler : str, optional
@@ -89,8 +94,8 @@ def run_ica(export_dir: str | Path, out: str | Path | None = None, *, method: st
     """
     started = time.perf_counter()
     ica = NeuronICA(method, n_components, smoothing_fwhm=smoothing_fwhm, standardize=standardize, detrend=detrend,
-                    threshold=threshold, n_init=n_init, alpha=alpha, random_state=random_state, n_jobs=n_jobs,
-                    verbose=verbose)
+                    threshold=threshold, n_init=n_init, alpha=alpha, max_iter=max_iter, tol=tol,
+                    random_state=random_state, n_jobs=n_jobs, verbose=verbose)
     for name, value in (("figures", figures), ("score", score), ("overwrite", overwrite), ("progress", progress)):
         check_bool(name, value)
     check_cluster(None, scheduler)
@@ -113,7 +118,7 @@ def _fit(ica: NeuronICA, export, score: bool, progress: bool) -> NeuronICA:
     if progress:
         log.info("%s: %d components from %d run(s), %d tokens x %d neurons", ica.method, ica.n_components,
                  len(export.runs), export.record.run_tokens * len(export.runs), export.layout.n_total)
-    ica.fit(export, score=score)
+    ica.fit(export, score=score, progress=progress)
     if progress:
         log.info("fitted in %.1f s", ica.fit_seconds_)
     return ica

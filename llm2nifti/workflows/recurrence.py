@@ -50,8 +50,9 @@ def recurrence(export_dir: str | Path, out: str | Path | None = None, *, subsets
                iou_threshold: float = IOU_THRESHOLD, z_threshold: float = DEFAULT_THRESHOLD, sign: str = "positive",
                n_permutations: int = N_PERMUTATIONS, permutation_seed=0, group=None, method: str = "canica",
                n_init: int = DEFAULTS["n_init"], alpha: float = DEFAULTS["alpha"],
-               standardize=DEFAULTS["standardize"], detrend: bool = DEFAULTS["detrend"],
-               smoothing_fwhm=DEFAULTS["smoothing_fwhm"], random_state=DEFAULTS["random_state"],
+               standardize=DEFAULTS["standardize"], detrend=DEFAULTS["detrend"],
+               smoothing_fwhm=DEFAULTS["smoothing_fwhm"], max_iter: int = DEFAULTS["max_iter"],
+               tol: float = DEFAULTS["tol"], random_state=DEFAULTS["random_state"],
                n_jobs: int = DEFAULTS["n_jobs"], figures: bool = True, overwrite: bool = False,
                progress: bool = True) -> RecurrenceResult:
     """Test whether the group ICA networks of an export recur in disjoint subsets of its runs.
@@ -81,7 +82,7 @@ def recurrence(export_dir: str | Path, out: str | Path | None = None, *, subsets
         :class:`~llm2nifti.ica.NeuronICA` or an ``llm2nifti ica`` output directory. Its maps are the
         templates, and only the subsets are fitted. A different number of components, other settings
         (``n_jobs`` aside), other runs or another export are refused.
-    method, n_init, alpha, standardize, detrend, smoothing_fwhm, random_state, n_jobs
+    method, n_init, alpha, standardize, detrend, smoothing_fwhm, max_iter, tol, random_state, n_jobs
         See :class:`llm2nifti.ica.NeuronICA`.
     figures : bool
         Draw ``recurrence.png``.
@@ -97,7 +98,8 @@ def recurrence(export_dir: str | Path, out: str | Path | None = None, *, subsets
     estimator = Recurrence(subsets, n_components, iou_threshold=iou_threshold, z_threshold=z_threshold, sign=sign,
                            n_permutations=n_permutations, permutation_seed=permutation_seed, method=method,
                            n_init=n_init, alpha=alpha, standardize=standardize, detrend=detrend,
-                           smoothing_fwhm=smoothing_fwhm, random_state=random_state, n_jobs=n_jobs)
+                           smoothing_fwhm=smoothing_fwhm, max_iter=max_iter, tol=tol, random_state=random_state,
+                           n_jobs=n_jobs)
     for name, value in (("figures", figures), ("overwrite", overwrite), ("progress", progress)):
         check_bool(name, value)
     export = open_runs(export_dir, param="export_dir")
