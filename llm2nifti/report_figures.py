@@ -20,9 +20,12 @@ DPI = 100
 def png_bytes(figure, dpi: int = DPI) -> bytes:
     """The figure (matplotlib, or a nilearn display) as PNG bytes."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    if hasattr(figure, "close"):
-        figure.close()
+    display = None
+    if hasattr(figure, "frame_axes"):  # a nilearn display saves only to paths: save its matplotlib figure
+        display, figure = figure, figure.frame_axes.figure
+    figure.savefig(buffer, format="png", dpi=dpi, facecolor=figure.get_facecolor())
+    if display is not None:
+        display.close()
     return buffer.getvalue()
 
 

@@ -67,6 +67,8 @@ def _ks(ctx, param, value):
               help="Matched controls per condition (19: p >= 0.05 at best).")
 @click.option("--control", type=click.Choice(CONTROL_KINDS), default=None,
               help="How controls are matched (layer-variance).")
+@click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="z threshold of the networks (quick: 2, llm2nifti's; paper: 3.6, the seed's).")
 @click.option("--max-runs", type=click.IntRange(min=2), default=None, help="Runs exported (preset: 8 / 16).")
 @click.option("--run-tokens", type=click.IntRange(min=1), default=None, help="Tokens per run (512).")
 @click.option("--keep-points", callback=_ks, default=None,

@@ -121,22 +121,23 @@ def read_selection_tsv(path: Path, n_layers: int | None = None, n_neurons: int |
         raise DamagedFileError(f"{path}: {err}") from None
 
 
-def read_mask(path) -> NeuronMask:
+def read_mask(path, *, param: str = "masks") -> NeuronMask:
     """A mask from an import directory, a ``mask.npz`` or a selection TSV.
 
     An import directory gives the full mask with its provenance (model, site,
-    size) and must be complete; a bare table gives the neurons only.
+    size) and must be complete; a bare table gives the neurons only. ``param``
+    names the argument ``path`` was given as, in messages.
     """
-    path = check_path("masks", path)
+    path = check_path(param, path)
     if path.is_dir():
-        require_complete(path, IMPORT_RECORD, is_output=is_import, what="import output", param="masks")
+        require_complete(path, IMPORT_RECORD, is_output=is_import, what="import output", param=param)
         record = read_json(path / IMPORT_RECORD, "import record")
         if (path / MASK_NPZ).is_file():
             return load_npz(path / MASK_NPZ)
         return read_selection_tsv(path / SELECTION_TSV, record.get("NumLayers"), record.get("NeuronsPerLayer"),
                                   record)
     if not path.exists():
-        raise Llm2niftiError(f"`masks` {path} does not exist")
+        raise Llm2niftiError(f"`{param}` {path} does not exist")
     if path.suffix == ".npz":
         return load_npz(path)
     return read_selection_tsv(path)

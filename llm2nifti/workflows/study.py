@@ -78,6 +78,12 @@ class StudySettings:
         Recurrence: disjoint parts of the text, and the size of the permutation null.
     eval_tokens, context, random_controls, control
         mask-eval: held-out tokens, window, matched controls per condition and their kind.
+    threshold : float
+        Binarization of the maps into networks (z-score over neurons, positive tail) for the
+        recurrence and every evaluation; the other of 2 and 3.6 is reported as a comparison.
+        ``quick`` uses llm2nifti's 2 (it recovers planted networks); ``paper`` the seed's 3.6,
+        which no network larger than 1 / (1 + 3.6**2) = 7.2% of the site can reach (a set holding
+        a share f of the neurons has a z of at most sqrt((1 - f) / f)).
     keep_points : tuple of int
         Numbers of networks kept for the keep curves (the most recurrent first); 0 means all.
     scale_factor : float
@@ -102,6 +108,7 @@ class StudySettings:
     context: int = 128
     random_controls: int = 19
     control: str = "layer-variance"
+    threshold: float = DEFAULT_THRESHOLD
     keep_points: tuple = (1, 3, 0)
     scale_factor: float = 2.0
     random_state: int = 0
@@ -115,6 +122,7 @@ class StudySettings:
         check_int("random_state", self.random_state, min_value=0)
         check_float("tol", self.tol, min_value=0, min_exclusive=True)
         check_float("scale_factor", self.scale_factor)
+        check_float("threshold", self.threshold, min_value=0, min_exclusive=True)
         check_choice("control", self.control, CONTROL_KINDS)
         check_bool("dictlearning", self.dictlearning)
         check_bool("fastica_temporal", self.fastica_temporal)
@@ -144,7 +152,8 @@ class StudySettings:
 PRESET_SETTINGS = {
     "quick": StudySettings(),
     "paper": StudySettings(preset="paper", max_runs=16, n_components=(20, 10, 40), n_init=10, dictlearning=True,
-                           eval_tokens=2048, context=256, random_controls=49, keep_points=(1, 2, 5, 10, 0)),
+                           eval_tokens=2048, context=256, random_controls=49, threshold=SEED_THRESHOLD,
+                           keep_points=(1, 2, 5, 10, 0)),
 }
 
 
@@ -161,7 +170,11 @@ def study_settings(preset: str = "quick", **overrides) -> StudySettings:
 # -- stages ---------------------------------------------------------------------------------------
 @dataclass
 class Stage:
-    """One stage's output directory, and whether it was reused or run (and how long it took)."""
+    """One stage's output directory, and whether it was reused or run (and how long it took).
+
+    A stage that found nothing to write (an import where no map passes the threshold) has no
+    directory (``output`` false in ``results.json``) and runs again, quickly, on a rerun.
+    """
 
     name: str
     path: Path
@@ -170,7 +183,8 @@ class Stage:
 
     def to_json(self, root: Path) -> dict:
         where = self.path.relative_to(root) if self.path.is_relative_to(root) else self.path
-        return {"name": self.name, "path": str(where), "reused": self.reused, "seconds": round(self.seconds, 2)}
+        return {"name": self.name, "path": str(where), "reused": self.reused, "seconds": round(self.seconds, 2),
+                "output": self.path.is_dir()}
 
 
 def _complete(path: Path, mark: str) -> bool:
@@ -258,7 +272,7 @@ def study(model: str | LoadedModel | None = None, out: str | Path | None = None,
           n_components=None, n_init: int | None = None, max_iter: int | None = None, tol: float | None = None,
           dictlearning: bool | None = None, subsets: int | None = None, n_permutations: int | None = None,
           eval_tokens: int | None = None, random_controls: int | None = None, control: str | None = None,
-          max_runs: int | None = None, run_tokens: int | None = None, keep_points=None,
+          threshold: float | None = None, max_runs: int | None = None, run_tokens: int | None = None, keep_points=None,
           random_state: int | None = None, overwrite: bool = False,
           device: str = "cpu", progress: bool = True) -> StudyResult:
     """Run the seed paper's analysis on ``model`` and write every stage, a report and the verdicts into ``out``.
@@ -279,7 +293,7 @@ def study(model: str | LoadedModel | None = None, out: str | Path | None = None,
         An import output (``llm2nifti import``, or a localizer's mask) whose components are tested
         like the networks: ablated against matched controls, with a verdict each.
     site, n_components, n_init, max_iter, tol, dictlearning, subsets, n_permutations, eval_tokens, random_controls,
-    control, max_runs, run_tokens, keep_points, random_state
+    control, threshold, max_runs, run_tokens, keep_points, random_state
         Override the preset (see :class:`StudySettings`); ``n_components`` may be a list, the
         first being the main K.
     overwrite : bool
@@ -299,10 +313,10 @@ def study(model: str | LoadedModel | None = None, out: str | Path | None = None,
     settings = study_settings(preset, site=site, n_components=n_components, n_init=n_init, max_iter=max_iter,
                               tol=tol, dictlearning=dictlearning, subsets=subsets, n_permutations=n_permutations,
                               eval_tokens=eval_tokens, random_controls=random_controls, control=control,
-                              max_runs=max_runs, run_tokens=run_tokens,
+                              threshold=threshold, max_runs=max_runs, run_tokens=run_tokens,
                               keep_points=_int_tuple(keep_points, "keep_points"),
                               random_state=random_state)
-    extra = None if sets is None else sets if isinstance(sets, NeuronMask) else read_mask(check_path("sets", sets))
+    extra = None if sets is None else sets if isinstance(sets, NeuronMask) else read_mask(sets, param="sets")
     export_dir = None if export is None else check_path("export", export)
     if export_dir is not None:
         check_export_complete(export_dir)
@@ -325,7 +339,7 @@ def study(model: str | LoadedModel | None = None, out: str | Path | None = None,
             return loaded
 
         export_dir = _export_stage(runner, settings, export_dir, the_model, text, device)
-        pipeline = _Pipeline(runner, settings, export_dir, the_model, extra, device)
+        pipeline = _Pipeline(runner, settings, export_dir, the_model, extra, device, _corpus(export_dir))
         collected = pipeline.run()
         from ..formats.report import render_report
 
@@ -408,6 +422,7 @@ class _Pipeline:
     the_model: object
     extra: NeuronMask | None
     device: str
+    corpus: str | None  # the export's text: mask-eval reads held-out tokens after the export's
 
     def ica(self, method: str, k: int) -> Path:
         s = self.settings
@@ -421,25 +436,32 @@ class _Pipeline:
 
         return self.runner.run(files.stage_dir("ica", method, f"k{k}"), ICA_RECORD, make)
 
-    def networks(self, ica_dir: Path, threshold: float) -> Path:
+    def networks(self, ica_dir: Path, threshold: float) -> Path | None:
+        """The import of an ICA's maps at ``threshold``; ``None`` when no map has a neuron above it."""
+        nothing = []
+
         def make(path: Path) -> None:
             import warnings
 
             from .importing import EmptyComponentWarning
 
+            if not np.any(open_ica(ica_dir).components_z > threshold):
+                nothing.append(path)  # no network at all: recorded in the results, nothing to import
+                return
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", EmptyComponentWarning)  # empty networks are reported, not warned
                 import_components(ica_dir / "components.nii.gz", export=self.export_dir, threshold=threshold,
                                   sign="positive", out=path, overwrite=self.runner.overwrite)
 
         name = ica_dir.name.replace("ica-", "networks-", 1) + "-" + files.threshold_name(threshold)
-        return self.runner.run(name, IMPORT_RECORD, make)
+        path = self.runner.run(name, IMPORT_RECORD, make)
+        return None if nothing else path
 
     def recurrence(self, group: Path) -> Path:
         s = self.settings
 
         def make(path: Path) -> None:
-            run_recurrence(self.export_dir, path, subsets=s.subsets, n_components=s.main_k, z_threshold=SEED_THRESHOLD,
+            run_recurrence(self.export_dir, path, subsets=s.subsets, n_components=s.main_k, z_threshold=s.threshold,
                            iou_threshold=IOU_THRESHOLD, n_init=s.n_init, random_state=s.random_state,
                            max_iter=s.max_iter, tol=s.tol, group=group, n_permutations=s.n_permutations,
                            overwrite=self.runner.overwrite, progress=self.runner.progress)
@@ -453,8 +475,9 @@ class _Pipeline:
         def make(path: Path) -> None:
             params = {} if factor is None else {"factor": factor}
             resume = _staging_exists(path) and not self.runner.overwrite
-            mask_eval(self.the_model(), masks, export=self.export_dir, mode=mode, components=components,
-                      conditions=conditions, random_controls=s.random_controls, control=s.control,
+            mask_eval(self.the_model(), masks, export=self.export_dir, text=self.corpus, mode=mode,
+                      components=components, conditions=conditions, random_controls=s.random_controls,
+                      control=s.control,
                       variance_ranked=variance_ranked, max_tokens=s.eval_tokens, context=s.context,
                       seed=s.random_state, out=path, overwrite=self.runner.overwrite, resume=resume,
                       device=self.device, progress=self.runner.progress, **params)
@@ -469,22 +492,22 @@ class _Pipeline:
         if s.fastica_temporal:
             icas[(SEED_METHOD, s.main_k)] = self.ica(SEED_METHOD, s.main_k)
         main_ica = icas[("canica", s.main_k)]
-        networks = {key: self.networks(path, SEED_THRESHOLD) for key, path in icas.items()}
-        default_networks = self.networks(main_ica, DEFAULT_THRESHOLD)
+        networks = {key: self.networks(path, s.threshold) for key, path in icas.items()}
+        other = SEED_THRESHOLD if s.threshold != SEED_THRESHOLD else DEFAULT_THRESHOLD
+        other_networks = self.networks(main_ica, other)
         main_dir = networks[("canica", s.main_k)]
         recurrence_dir = self.recurrence(main_ica)
-        mask = read_mask(main_dir)
-        names = _nonempty(mask)
+        names = [] if main_dir is None else _nonempty(read_mask(main_dir))
         order = _recurrence_order(recurrence_dir, names)
         evals = {}
         if names:
             evals["ablate"] = self.evaluate("eval-ablate", main_dir, components=",".join(names), conditions="all",
                                             variance_ranked=True)
-            evals["ablate-default"] = _maybe(read_mask(default_networks), lambda n: self.evaluate(
-                f"eval-ablate-{files.threshold_name(DEFAULT_THRESHOLD)}", default_networks, components=",".join(n)))
+            evals["ablate-other"] = _maybe(other_networks, lambda n: self.evaluate(
+                f"eval-ablate-{files.threshold_name(other)}", other_networks, components=",".join(n)))
             if (SEED_METHOD, s.main_k) in networks:
                 seed_dir = networks[(SEED_METHOD, s.main_k)]
-                evals["ablate-seed"] = _maybe(read_mask(seed_dir), lambda n: self.evaluate(
+                evals["ablate-seed"] = _maybe(seed_dir, lambda n: self.evaluate(
                     f"eval-ablate-{SEED_METHOD}", seed_dir, components=",".join(n)))
             for mode in ("keep", "mean-keep"):
                 for k in _keep_points(s.keep_points, len(order)):
@@ -495,12 +518,21 @@ class _Pipeline:
         if self.extra is not None:
             evals["sets"] = self.evaluate("eval-sets", self.extra, components=",".join(_nonempty(self.extra)),
                                           conditions="components")
-        return {"icas": icas, "networks": networks, "default_networks": default_networks, "main": main_dir,
+        return {"icas": icas, "networks": networks, "other_networks": other_networks, "other_threshold": other,
+                "main": main_dir,
                 "recurrence": recurrence_dir, "order": order, "evals": evals}
 
 
-def _maybe(mask: NeuronMask, run):
-    names = _nonempty(mask)
+def _corpus(export_dir: Path) -> str | None:
+    """The export's text source, when it can be read again (not stdin)."""
+    from ..formats.export import read_export_record
+
+    text = read_export_record(export_dir).text
+    return None if text is None or text.corpus in (None, "-") else text.corpus
+
+
+def _maybe(networks: Path | None, run):
+    names = [] if networks is None else _nonempty(read_mask(networks))
     return run(names) if names else None
 
 
@@ -610,7 +642,8 @@ def _results(settings: StudySettings, recorded: dict, runner: _Runner, export_di
     from ..formats.export import read_export_record
 
     record = read_export_record(export_dir)
-    mask = read_mask(collected["main"])
+    main_ica = collected["icas"][("canica", settings.main_k)]
+    mask = _networks_or_none(collected["main"], main_ica)
     baseline, ablate_rows = _rows(collected["evals"].get("ablate"))
     described = {name: row["set"] for name, row in ablate_rows.items()}
     templates, rec_record = _templates(collected["recurrence"], mask, described)
@@ -629,8 +662,8 @@ def _results(settings: StudySettings, recorded: dict, runner: _Runner, export_di
     _, set_rows = _rows(collected["evals"].get("sets"))
     claims += [verdicts.set_verdict(_condition(row)) for name, row in set_rows.items() if name != VARIANCE_RANKED]
     secondary = {}
-    for key, label in (("ablate-default", f"networks at z > {DEFAULT_THRESHOLD:g}"),
-                       ("ablate-seed", f"{SEED_METHOD} networks at z > {SEED_THRESHOLD:g}")):
+    for key, label in (("ablate-other", f"networks at z > {collected['other_threshold']:g}"),
+                       ("ablate-seed", f"{SEED_METHOD} networks at z > {settings.threshold:g}")):
         _, rows = _rows(collected["evals"].get(key))
         if rows:
             row = rows.get("union") or next(iter(rows.values()))
@@ -639,13 +672,17 @@ def _results(settings: StudySettings, recorded: dict, runner: _Runner, export_di
     scale = scale_rows.get("union") or (next(iter(scale_rows.values())) if scale_rows else None)
     comparisons = {}
     for (method, k), path in collected["networks"].items():
-        other = read_mask(path)
-        comparisons[f"{method}-k{k}"] = {"method": method, "k": k, "threshold": SEED_THRESHOLD,
+        other = _networks_or_none(path, collected["icas"][(method, k)])
+        comparisons[f"{method}-k{k}"] = {"method": method, "k": k, "threshold": settings.threshold,
                                          "non_empty": len(_nonempty(other)),
                                          "sizes": [other.size(n) for n in other.components],
                                          "overlap_with_main": _overlap(other, mask)}
     ica_records = {f"{m}-k{k}": _ica_summary(path) for (m, k), path in collected["icas"].items()}
-    warnings = _warnings(claims, networks, ica_records)
+    warnings = _warnings(claims, networks, ica_records, settings.threshold)
+    for path in collected["evals"].values():
+        settings_ = MaskEvalResult.read(path).settings if path is not None else {}
+        if settings_ and not settings_.get("HeldOut"):
+            warnings.append(f"mask-eval {path.name}: {settings_.get('TextNote')}")
     return {
         "Model": record.model.model_id,
         "Settings": recorded,
@@ -655,8 +692,9 @@ def _results(settings: StudySettings, recorded: dict, runner: _Runner, export_di
                                                        "Corpus", "CorpusSHA256", "TokenRange")}},
         "Stages": [stage.to_json(runner.root) for stage in runner.stages],
         "ICA": ica_records,
-        "MainNetworks": {"Path": collected["main"].name, "Method": "canica", "K": settings.main_k,
-                         "Threshold": SEED_THRESHOLD, "Sign": "positive", "Order": order},
+        "MainNetworks": {"Path": None if collected["main"] is None else collected["main"].name, "Method": "canica",
+                         "K": settings.main_k,
+                         "Threshold": settings.threshold, "Sign": "positive", "Order": order},
         "Networks": networks,
         "Recurrence": {"Path": collected["recurrence"].name, "Subsets": rec_record["Subsets"],
                        "IoUThreshold": rec_record["IoUThreshold"], "Null": rec_record.get("Null"),
@@ -674,18 +712,28 @@ def _results(settings: StudySettings, recorded: dict, runner: _Runner, export_di
     }
 
 
+def _networks_or_none(path: Path | None, ica_dir: Path) -> NeuronMask:
+    """The imported networks, or (no map had a neuron above the threshold) as many empty ones."""
+    if path is not None:
+        return read_mask(path)
+    ica = open_ica(ica_dir)
+    return NeuronMask({name: [] for name in ica.names}, ica.layout.n_layers, ica.layout.n_neurons)
+
+
 def _ica_summary(path: Path) -> dict:
     record = open_ica(path).record
     return {"Path": path.name, "Method": record.get("Method"), "K": record.get("NumComponents"),
             "FitSeconds": record.get("FitSeconds"), "Convergence": record.get("Convergence")}
 
 
-def _warnings(claims, networks: list, icas: dict) -> list[str]:
+def _warnings(claims, networks: list, icas: dict, threshold: float) -> list[str]:
     out = []
     empty = [n["name"] for n in networks if n["n_neurons"] == 0]
     if empty:
-        out.append(f"{len(empty)} of {len(networks)} networks have no neuron above z > {SEED_THRESHOLD:g} "
+        out.append(f"{len(empty)} of {len(networks)} networks have no neuron above z > {threshold:g} "
                    f"({', '.join(empty)}); they are not tested.")
+    out.append(f"At z > {threshold:g} no network holding more than {1 / (1 + threshold**2):.1%} of the site's "
+               "neurons can be found (a set holding a share f of the neurons reaches at most z = sqrt((1 - f) / f)).")
     for name, summary in icas.items():
         conv = summary.get("Convergence") or {}
         flags = conv.get("Converged")
