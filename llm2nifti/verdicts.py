@@ -18,6 +18,7 @@ network to test, an unstable null).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -70,6 +71,44 @@ def lower_p(effect: float | None, null) -> float | None:
 def reachable(n_controls: int, alpha: float = ALPHA) -> bool:
     """Whether ``n_controls`` controls can give an empirical p-value of at most ``alpha``."""
     return n_controls > 0 and 1 / (1 + n_controls) <= alpha + 1e-12
+
+
+_LAYER_NOTE = re.compile(r"^layer (\d+): (.*)$", re.S)
+
+
+def condense(notes) -> list[str]:
+    """Per-layer notes of one kind (``"layer 3: the condition holds 30% of ..."``) as one note each.
+
+    Notes that differ only in their numbers are one kind; the kept text is the one with the
+    largest first number (the worst layer), prefixed with how many layers and which.
+    """
+    groups: dict[str, list[tuple[int, str]]] = {}
+    order, out = [], []
+    for note in notes:
+        match = _LAYER_NOTE.match(str(note))
+        if not match:
+            out.append(str(note))
+            continue
+        layer, text = int(match.group(1)), match.group(2)
+        key = re.sub(r"\d+(\.\d+)?(, \d+(\.\d+)?)*", "#", text)  # numbers and lists of numbers
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append((layer, text))
+    for key in order:
+        items = groups[key]
+        if len(items) == 1:
+            out.append(f"layer {items[0][0]}: {items[0][1]}")
+            continue
+
+        def first_number(text: str) -> float:
+            found = re.search(r"\d+(\.\d+)?", text)
+            return float(found.group()) if found else 0.0
+
+        layer, worst = max(items, key=lambda item: first_number(item[1]))
+        layers = ", ".join(str(i) for i, _ in sorted(items))
+        out.append(f"{len(items)} layers ({layers}); the worst, layer {layer}: {worst}")
+    return out
 
 
 def _fmt(value, spec: str = "+.3f") -> str:
@@ -162,7 +201,7 @@ def lesion_verdict(union: dict | None, networks: list[dict], reference: dict | N
                 + f") changes the loss by {effect_sentence(main)}. "
                 + f"{len(single)} of {len(networks)} networks alone exceed their matched null at p <= {alpha:g} "
                 + f"({alpha * len(networks):.1f} expected by chance).")
-    notes = list(main.get("warnings") or [])
+    notes = condense(main.get("warnings") or [])
     numbers = {"delta_loss": main["delta_loss"], "null": {k: main["null"][k] for k in ("n", "median", "q05", "q95",
                                                                                        "p_value")},
                "networks_beyond": len(single), "networks": len(networks)}
@@ -188,7 +227,7 @@ def set_verdict(row: dict, alpha: float = ALPHA) -> Verdict:
                 + f") {words}: ablating it changes the loss by {effect_sentence(row)}.")
     return Verdict(f"Set {row['name']} matters beyond matched random sets", verdict, measured,
                    {"delta_loss": row["delta_loss"], "p_value": row["null"]["p_value"]},
-                   list(row.get("warnings") or []))
+                   condense(row.get("warnings") or []))
 
 
 # -- claim 3 ----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from .._version import __version__
+from ..verdicts import condense
 
 SECTIONS = ("verdicts", "settings", "networks", "layers", "recurrence", "lesions", "preservation", "amplification",
             "comparison", "viewer", "warnings")
@@ -128,9 +129,10 @@ def _networks(results: dict, pictures: dict) -> str:
                     "best IoU per part", "chance per part", "recurrence p", "ablation dloss", "null median",
                     "ablation p"], rows)
     figures = "".join(pictures.get("networks", []))
-    body = (f"<p>Networks: nilearn CanICA with K = {main['K']}, each map z-scored over neurons and thresholded at "
-            f"z &gt; {main['Threshold']:g} on the positive side (the seed's binarization). Ranked by recurrence "
-            "(p-value, then IoU); keep curves add networks in this order.</p>" + table
+    body = (f"<p>Networks: nilearn CanICA with K = {main['K']}, each map z-scored over its neurons and thresholded "
+            f"at z &gt; {main['Threshold']:g} on the positive side (the seed binarizes at z &gt; 3.6; llm2nifti's "
+            "default is 2). Ranked by recurrence (p-value, then mean IoU); the keep curves add networks in this "
+            "order.</p>" + table
             + '<div class="grid">' + figures + "</div>")
     return _section("networks", "Networks", body)
 
@@ -169,7 +171,7 @@ def _condition_rows(rows: list[dict]) -> list[list]:
                     _num((r.get("set") or {}).get("variance_share"), ".1%"), _num(r["delta_loss"], "+.4f"),
                     _num(null["median"], "+.4f"), f"[{_num(null['q05'], '+.3f')}, {_num(null['q95'], '+.3f')}]",
                     _e(null["n"]), _num(null["p_value"]),
-                    _e("; ".join(r.get("warnings") or []))])
+                    "<br>".join(_e(w) for w in condense(r.get("warnings") or []))])
     return out
 
 
