@@ -295,22 +295,23 @@ def _pictures(results: dict, root: Path, export_dir: Path) -> dict:
     return pictures
 
 
-def _viewer_fragment(results: dict, root: Path, export_dir: Path) -> str:
-    from ..workflows.view import view
-
+def main_maps(results: dict, root: Path) -> Path:
+    """The z maps of the main ICA, which the report's viewer shows."""
     main = results["MainNetworks"]
-    maps = root / results["ICA"][f"canica-k{main['K']}"]["Path"] / "components_z.nii.gz"
-    shown = view(export_dir, [maps], title=f"{results['Model']}: main networks (z)", progress=False)
-    return shown.fragment(element_id=VIEWER_ID, height="560px")
+    return Path(root) / results["ICA"][f"canica-k{main['K']}"]["Path"] / "components_z.nii.gz"
 
 
-def render_report(results: dict, root: Path, export_dir: Path) -> str:
-    """The whole ``report.html`` for a study's ``results`` (its stage outputs are under ``root``)."""
+def render_report(results: dict, root: Path, export_dir: Path, viewer: str) -> str:
+    """The whole ``report.html`` for a study's ``results`` (its stage outputs are under ``root``).
+
+    ``viewer`` is the HTML fragment of the interactive viewer (``llm2nifti view``'s
+    ``fragment(element_id=VIEWER_ID)`` of the export with :func:`main_maps`).
+    """
     pictures = _pictures(results, Path(root), Path(export_dir))
     body = (_verdicts(results) + _settings(results) + _networks(results, pictures) + _layers(pictures)
             + _recurrence(results, pictures) + _lesions(results, pictures) + _preservation(results, pictures)
             + _amplification(results) + _comparison(results)
-            + _viewer(_viewer_fragment(results, Path(root), Path(export_dir))) + _warnings(results))
+            + _viewer(viewer) + _warnings(results))
     nav = " · ".join(f'<a href="#{s}">{s}</a>' for s in SECTIONS)
     title = f"llm2nifti study: {results['Model']}"
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"

@@ -341,10 +341,8 @@ def study(model: str | LoadedModel | None = None, out: str | Path | None = None,
         export_dir = _export_stage(runner, settings, export_dir, the_model, text, device)
         pipeline = _Pipeline(runner, settings, export_dir, the_model, extra, device, _corpus(export_dir))
         collected = pipeline.run()
-        from ..formats.report import render_report
-
         results = _results(settings, recorded, runner, export_dir, collected)
-        files.write_report(out, render_report(results, out, export_dir))
+        files.write_report(out, _report(results, out, export_dir))
         results["Seconds"] = round(time.perf_counter() - started, 1)
         files.write_results(out, results)
     seconds = time.perf_counter() - started
@@ -352,6 +350,15 @@ def study(model: str | LoadedModel | None = None, out: str | Path | None = None,
     if progress:
         log.info("%s", result.summary())
     return result
+
+
+def _report(results: dict, out: Path, export_dir: Path) -> str:
+    from ..formats.report import VIEWER_ID, main_maps, render_report
+    from .view import view
+
+    shown = view(export_dir, [main_maps(results, out)], title=f"{results['Model']}: main networks (z)",
+                 progress=False)
+    return render_report(results, out, export_dir, shown.fragment(element_id=VIEWER_ID, height="560px"))
 
 
 def _int_tuple(value, name: str):
