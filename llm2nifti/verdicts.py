@@ -150,9 +150,10 @@ def recurrence_verdict(templates: list[dict], n_subsets: int, iou_threshold: flo
                 f"(median best IoU {median_iou:.2f}, median chance level {median_chance:.2f}).")
     notes = []
     if concentrated:
-        notes.append(f"{len(concentrated)} of the recurring networks ({', '.join(concentrated)}) hold more than "
-                     f"{CONCENTRATED:.0%} of their neurons in one layer: they may be a layer's high-variance "
-                     "block rather than a circuit across layers.")
+        verb, its = ("holds", "its") if len(concentrated) == 1 else ("hold", "their")
+        notes.append(f"{len(concentrated)} of the recurring networks ({', '.join(concentrated)}) {verb} more than "
+                     f"{CONCENTRATED:.0%} of {its} neurons in one layer: a layer's high-variance block recurs "
+                     "whatever the text, and is not by itself a circuit across layers.")
     return Verdict(claim, HOLDS if everywhere else FAILS, measured, numbers, notes)
 
 

@@ -232,3 +232,20 @@ def test_cli_errors_are_one_line(tmp_path):
         assert result.exit_code in (1, 2), result.output
         assert flag in result.output, result.output
         assert "Traceback" not in result.output
+
+
+def test_the_paper_preset_runs_every_decomposition_at_the_seeds_threshold(tmp_path):
+    """``paper`` at toy sizes: DictLearning and CanICA at every K, networks at z > 3.6, the other threshold 2."""
+    loaded, _, _ = planted_model(readout=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = study(loaded, tmp_path / "paper", preset="paper", site="mlp.hidden", n_components="8,4",
+                       max_runs=8, run_tokens=256, n_permutations=20, eval_tokens=256, random_controls=2,
+                       keep_points=(0,), progress=False)
+    names = {s["name"] for s in result.results["Stages"]}
+    assert {"ica-canica-k8", "ica-canica-k4", "ica-dictlearning-k8", "ica-dictlearning-k4",
+            "ica-fastica-temporal-k8", "networks-canica-k8-z3.6", "networks-canica-k8-z2"} <= names
+    assert result.results["MainNetworks"]["Threshold"] == 3.6
+    assert set(result.results["Comparisons"]) >= {"dictlearning-k8", "dictlearning-k4", "canica-k4"}
+    lesion = _verdict(result, "Ablating the networks")
+    assert lesion["verdict"] == "inconclusive" and "cannot give p <= 0.05" in " ".join(lesion["notes"])
