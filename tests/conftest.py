@@ -136,3 +136,16 @@ def smollm2():
     from llm2nifti.models import load_model
 
     return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (SwiftShader WebGL) for pages: skipped where it is not installed, a failure in CI."""
+    from headless_chromium import Chromium, find_chromium
+
+    if find_chromium() is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (apt-get install chromium); CI must test pages in a browser")
+        pytest.skip("chromium is not installed (apt-get install chromium): pages are not tested in a browser")
+    with Chromium(1100, 800) as chromium:
+        yield chromium

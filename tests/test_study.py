@@ -13,7 +13,6 @@ Two models with known answers:
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
 
@@ -156,19 +155,7 @@ def test_the_decoy_does_not_matter_beyond_magnitude_and_the_network_does(decoy_s
     assert network["verdict"] == "holds", network
 
 
-# -- the report in a real browser -------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser():
-    from headless_chromium import Chromium, find_chromium
-
-    if find_chromium() is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (apt-get install chromium); CI must test the report")
-        pytest.skip("chromium is not installed (apt-get install chromium): the report is not tested in a browser")
-    with Chromium(1200, 900) as chromium:
-        yield chromium
-
-
+# -- the report in a real browser (the `browser` fixture is conftest's) --------------------------------------------
 def test_the_report_renders_in_chromium_with_every_section_and_figure(planted_study, browser):
     result, _ = planted_study
     page = result.report_path

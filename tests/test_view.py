@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from headless_chromium import Chromium, find_chromium, load_viewer
+from headless_chromium import load_viewer
 
 from llm2nifti import import_components, run_ica, view
 from llm2nifti.cli import main
@@ -164,16 +164,6 @@ def test_fragment_embeds_twice_with_distinct_ids():
 
 
 # -- in a real browser ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if find_chromium() is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (apt-get install chromium); CI must test the viewer")
-        pytest.skip("chromium is not installed (apt-get install chromium): the viewer is not tested in a browser")
-    with Chromium(1100, 800) as chromium:
-        yield chromium
 
 
 def _distinct_colours(png: bytes) -> int:
