@@ -86,6 +86,7 @@ def recurrence_record(fitted, figures: bool) -> dict:
         "ChanceIoU": per_template(fitted.chance_iou_, lambda row: [float(v) for v in row]),
         "PValues": per_template(fitted.p_values_, float),
         "MatchedPerSubset": [int(m) for m in fitted.matched_],
+        "SubsetConvergence": [_convergence(ica) for ica in fitted.subset_icas_],
         "Seconds": round(fitted.seconds_, 3),
         "NullSeconds": round(fitted.null_seconds_, 3),
         "Outputs": {"Table": RECURRENCE_TSV, "Subsets": SUBSETS_TSV, "IoU": PAIRS_TSV, "Templates": TEMPLATES_IMG,
@@ -98,6 +99,13 @@ def recurrence_record(fitted, figures: bool) -> dict:
 def per_template(values, convert) -> dict | None:
     """``{"C0": convert(values[0]), ...}``, or ``None`` when ``values`` is (no null was computed)."""
     return None if values is None else {component_name(t): convert(v) for t, v in enumerate(values)}
+
+
+def _convergence(ica) -> dict | None:
+    """FastICA's iterations and convergence of one subset's ICA (``None`` for DictLearning)."""
+    if getattr(ica, "converged_", None) is None:
+        return None
+    return {"Iterations": [int(i) for i in ica.n_iter_], "Converged": [bool(c) for c in ica.converged_]}
 
 
 def write_recurrence(directory: str | Path, fitted, *, figures: bool = True) -> dict:

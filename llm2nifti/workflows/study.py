@@ -685,7 +685,9 @@ def _results(settings: StudySettings, recorded: dict, runner: _Runner, export_di
                                          "sizes": [other.size(n) for n in other.components],
                                          "overlap_with_main": _overlap(other, mask)}
     ica_records = {f"{m}-k{k}": _ica_summary(path) for (m, k), path in collected["icas"].items()}
-    warnings = _warnings(claims, networks, ica_records, settings.threshold)
+    subsets = {f"recurrence part {s + 1}": {"Convergence": c}
+               for s, c in enumerate(rec_record.get("SubsetConvergence") or []) if c}
+    warnings = _warnings(claims, networks, {**ica_records, **subsets}, settings.threshold)
     for path in collected["evals"].values():
         settings_ = MaskEvalResult.read(path).settings if path is not None else {}
         if settings_ and not settings_.get("HeldOut"):
