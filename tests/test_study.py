@@ -84,6 +84,8 @@ def test_results_hold_every_stage_and_number(planted_study):
     assert "fastica-temporal-k8" in data["Comparisons"]
     text = result.table()
     assert text.count("[HOLDS]") >= 3
+    read = study_module.StudyResult.read(out)
+    assert read.results == data and read.markdown().count("**holds**") >= 3
 
 
 def test_a_rerun_reuses_every_complete_stage_and_redoes_only_what_is_missing(planted_study):

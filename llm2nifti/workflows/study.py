@@ -261,6 +261,20 @@ class StudyResult:
             lines += [f"    note: {note}" for note in v["notes"]]
         return "\n".join(lines) + "\n"
 
+    def markdown(self) -> str:
+        """The verdict table in Markdown (for notes and docs)."""
+        lines = ["| claim | verdict | what was measured |", "| --- | --- | --- |"]
+        for v in self.verdicts:
+            measured = " ".join([v["measured"], *(f"*Note:* {n}" for n in v["notes"])]).replace("|", "\\|")
+            lines.append(f"| {v['claim']} | **{v['verdict']}** | {measured} |")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def read(cls, path) -> StudyResult:
+        """A complete study directory, read back (its ``results.json``)."""
+        results = files.read_results(path, param="path")
+        return cls(Path(path), results, float(results.get("Seconds") or 0.0))
+
     def summary(self) -> str:
         reused = sum(s["reused"] for s in self.results["Stages"])
         return (f"study of {self.results['Model']}: {len(self.results['Stages'])} stages ({reused} reused) in "
