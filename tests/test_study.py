@@ -102,6 +102,9 @@ def test_a_rerun_reuses_every_complete_stage_and_redoes_only_what_is_missing(pla
     stages = {s["name"]: s["reused"] for s in again.results["Stages"]}
     assert stages.pop("eval-scale") is False
     assert all(stages.values()), stages
+    before = {s["name"]: s["seconds"] for s in result.results["Stages"]}
+    kept = {s["name"]: s["seconds"] for s in again.results["Stages"] if s["reused"]}
+    assert kept == {name: before[name] for name in kept}  # a reused stage keeps the time it took
     assert again.results["Verdicts"] == result.results["Verdicts"]
 
 

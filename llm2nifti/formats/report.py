@@ -91,7 +91,8 @@ def _settings(results: dict) -> str:
     icas = [[_e(name), _e(r["Method"]), _e(r["K"]), _num(r.get("FitSeconds"), ".1f"),
              _e(_convergence(r.get("Convergence")))] for name, r in results["ICA"].items()]
     body = (f"<p>llm2nifti {_e(__version__)}; model <code>{_e(results['Model'])}</code>. Every stage is an "
-            "llm2nifti output in its own directory of the study.</p>"
+            f"llm2nifti output in its own directory of the study; the stages took {results['StageSeconds']:.0f} s "
+            "when they were made (a reused stage keeps its time).</p>"
             + "<h3>Settings</h3>" + _table(["setting", "value"], rows)
             + "<h3>Export (provenance)</h3>" + _table(["key", "value"], prov)
             + "<h3>Stages</h3>" + _table(["stage", "directory", "", "seconds"], stages)

@@ -9,6 +9,7 @@ Files of a study directory::
     networks-canica-k10-z3.6/ an import output (formats.selection) per ICA and threshold
     recurrence-canica-k10/    a recurrence output (formats.recurrence)
     eval-ablate/ ...          mask-eval outputs (formats.maskeval), one per condition family
+    stages.json               seconds each stage took when it was made (rewritten after each stage)
     report.html               the report: self-contained (figures and viewer embedded)
     results.json              every number of the report; written last of all (the completion mark)
 
@@ -28,6 +29,7 @@ from ..transaction import read_json, require_complete, write_json, write_text
 
 SETTINGS = "study.json"
 RESULTS = "results.json"
+STAGES = "stages.json"
 REPORT = "report.html"
 EXPORT_DIR = "export"
 SETTINGS_TYPE = "study-settings"
@@ -75,6 +77,22 @@ def check_settings(root: Path, settings: dict) -> bool:
                             "rerun it with the same settings to resume it, pass `overwrite` to start it again, "
                             "or choose another `out`")
     return True
+
+
+def stage_seconds(root: Path) -> dict:
+    """``stages.json``: the seconds each stage took when it was made (empty when absent or unreadable)."""
+    path = root / STAGES
+    if not path.is_file():
+        return {}
+    try:
+        data = read_json(path, "study stage times")
+    except DamagedFileError:
+        return {}  # only timings: a damaged file costs the reused stages their times, nothing else
+    return {k: float(v) for k, v in data.items() if isinstance(v, (int, float))}
+
+
+def record_stage_seconds(root: Path, name: str, seconds: float) -> None:
+    write_json(root / STAGES, {**stage_seconds(root), name: round(seconds, 2)})
 
 
 def remove_results(root: Path) -> None:

@@ -173,7 +173,8 @@ class Stage:
     """One stage's output directory, and whether it was reused or run (and how long it took).
 
     A stage that found nothing to write (an import where no map passes the threshold) has no
-    directory (``output`` false in ``results.json``) and runs again, quickly, on a rerun.
+    directory (``output`` false in ``results.json``) and runs again, quickly, on a rerun. A
+    reused stage reports the seconds it took when it was made.
     """
 
     name: str
@@ -206,19 +207,25 @@ class _Runner:
     progress: bool
     stages: list = field(default_factory=list)
 
+    def reuse(self, name: str, path: Path) -> Path:
+        """Record a complete stage as reused, with the time it took when it was made."""
+        seconds = files.stage_seconds(self.root).get(name, 0.0)
+        self.stages.append(Stage(name, path, True, seconds))
+        if self.progress:
+            log.info("[study] %s: complete, reused", name)
+        return path
+
     def run(self, name: str, mark: str, make, path: Path | None = None) -> Path:
         path = path or self.root / name
         if not self.overwrite and _complete(path, mark):
-            self.stages.append(Stage(name, path, True, 0.0))
-            if self.progress:
-                log.info("[study] %s: complete, reused", name)
-            return path
+            return self.reuse(name, path)
         if self.progress:
             log.info("[study] %s ...", name)
         started = time.perf_counter()
         make(path)
         seconds = time.perf_counter() - started
         self.stages.append(Stage(name, path, False, seconds))
+        files.record_stage_seconds(self.root, name, seconds)
         if self.progress:
             log.info("[study] %s: done in %.1f s", name, seconds)
         return path
@@ -277,8 +284,8 @@ class StudyResult:
 
     def summary(self) -> str:
         reused = sum(s["reused"] for s in self.results["Stages"])
-        return (f"study of {self.results['Model']}: {len(self.results['Stages'])} stages ({reused} reused) in "
-                f"{self.seconds:.0f} s -> {self.report_path}")
+        return (f"study of {self.results['Model']}: {len(self.results['Stages'])} stages ({reused} reused; "
+                f"{self.results['StageSeconds']:.0f} s of stage time) in {self.seconds:.0f} s -> {self.report_path}")
 
 
 def study(model: str | LoadedModel | None = None, out: str | Path | None = None, *, preset: str = "quick",
@@ -409,7 +416,7 @@ def _model_name(model) -> str:
 
 def _export_stage(runner: _Runner, settings: StudySettings, export_dir, the_model, text, device) -> Path:
     if export_dir is not None:
-        runner.stages.append(Stage("export", export_dir.resolve(), True, 0.0))
+        runner.stages.append(Stage("export", export_dir.resolve(), True, 0.0))  # given: not made by the study
         return export_dir.resolve()
 
     def make(path: Path) -> None:
@@ -426,10 +433,7 @@ def _export_stage(runner: _Runner, settings: StudySettings, export_dir, the_mode
 
     path = runner.root / files.EXPORT_DIR
     if not runner.overwrite and path.is_dir() and complete(path):
-        runner.stages.append(Stage("export", path, True, 0.0))
-        if runner.progress:
-            log.info("[study] export: complete, reused")
-        return path
+        return runner.reuse("export", path)
     return runner.run("export", "dataset_description.json", make, path)
 
 
@@ -714,6 +718,7 @@ def _results(settings: StudySettings, recorded: dict, runner: _Runner, export_di
                                                        "Layout", "NumLayers", "NumNeurons", "RunTokens", "NumRuns",
                                                        "Corpus", "CorpusSHA256", "TokenRange")}},
         "Stages": [stage.to_json(runner.root) for stage in runner.stages],
+        "StageSeconds": round(sum(stage.seconds for stage in runner.stages), 1),
         "ICA": ica_records,
         "MainNetworks": {"Path": None if collected["main"] is None else collected["main"].name, "Method": "canica",
                          "K": settings.main_k,
