@@ -8,7 +8,7 @@ from ..evaluation.controls import CONTROL_KINDS
 from ..models import ALIASES, DEFAULT_MODEL
 from ..sites import SITES
 from ..workflows.study import PRESETS, study
-from . import main, quiet_option
+from . import device_map_option, main, quiet_option, torch_dtype_option
 
 EPILOG = """\b
 Examples:
@@ -76,6 +76,8 @@ def _ks(ctx, param, value):
 @click.option("--random-state", type=click.IntRange(min=0), default=None, help="Seed of every random step (0).")
 @click.option("--overwrite", is_flag=True, help="Run every stage again (each replaced once complete).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, ...).")
+@torch_dtype_option
+@device_map_option
 @quiet_option
 def study_command(model, out, quiet, **options):
     """The seed paper's whole analysis in one command, with an HTML report.

@@ -42,7 +42,7 @@ from ..formats.maskeval import MASKEVAL_JSON
 from ..formats.recurrence import RECURRENCE_RECORD, open_recurrence
 from ..formats.selection import IMPORT_RECORD, read_mask
 from ..indices import component_name
-from ..models import DEFAULT_MODEL, LoadedModel, load_model
+from ..models import DEFAULT_MODEL, LoadedModel, check_model_placement, load_model
 from ..neuronmask import NeuronMask
 from ..recurrence import IOU_THRESHOLD
 from ..selection import DEFAULT_THRESHOLD
@@ -294,8 +294,8 @@ def study(model: str | LoadedModel | None = None, out: str | Path | None = None,
           dictlearning: bool | None = None, subsets: int | None = None, n_permutations: int | None = None,
           eval_tokens: int | None = None, random_controls: int | None = None, control: str | None = None,
           threshold: float | None = None, max_runs: int | None = None, run_tokens: int | None = None, keep_points=None,
-          random_state: int | None = None, overwrite: bool = False,
-          device: str = "cpu", progress: bool = True) -> StudyResult:
+          random_state: int | None = None, overwrite: bool = False, device: str = "cpu",
+          torch_dtype: str = "float32", device_map: str | None = None, progress: bool = True) -> StudyResult:
     """Run the seed paper's analysis on ``model`` and write every stage, a report and the verdicts into ``out``.
 
     Parameters
@@ -319,7 +319,9 @@ def study(model: str | LoadedModel | None = None, out: str | Path | None = None,
         first being the main K.
     overwrite : bool
         Run every stage again (each old stage output is replaced when its new one is complete).
-    device : str
+    device, torch_dtype, device_map
+        Where and in which dtype the model computes (see :func:`llm2nifti.load_model`); for a model
+        given by name. Activations are written in float32 whatever the dtype.
     progress : bool
 
     Returns
@@ -330,6 +332,7 @@ def study(model: str | LoadedModel | None = None, out: str | Path | None = None,
     out = check_path("out", out)
     for name, value in (("overwrite", overwrite), ("progress", progress)):
         check_bool(name, value)
+    check_model_placement(model, torch_dtype, device_map)
     n_components = _int_tuple(n_components, "n_components")
     settings = study_settings(preset, site=site, n_components=n_components, n_init=n_init, max_iter=max_iter,
                               tol=tol, dictlearning=dictlearning, subsets=subsets, n_permutations=n_permutations,
@@ -343,8 +346,9 @@ def study(model: str | LoadedModel | None = None, out: str | Path | None = None,
         check_export_complete(export_dir)
     if out.exists() and any(out.iterdir()) and not files.is_study_output(out):
         raise OutputExistsError(f"`out` {out} is not empty and holds no study; choose another `out`")
-    recorded = {**settings.to_json(), "model": _model_name(model), "export": None if export_dir is None
-                else str(export_dir.resolve()), "text": text, "sets": _identity(sets, extra)}
+    recorded = {**settings.to_json(), "model": _model_name(model), "torch_dtype": torch_dtype,
+                "export": None if export_dir is None else str(export_dir.resolve()), "text": text,
+                "sets": _identity(sets, extra)}
     make_dirs(out)
     with OutputLock(out):
         if overwrite or not files.check_settings(out, recorded):
@@ -356,7 +360,8 @@ def study(model: str | LoadedModel | None = None, out: str | Path | None = None,
         def the_model() -> LoadedModel:
             nonlocal loaded
             if loaded is None:
-                loaded = load_model(model or DEFAULT_MODEL, device, progress=progress)
+                loaded = load_model(model or DEFAULT_MODEL, device, torch_dtype=torch_dtype, device_map=device_map,
+                                    progress=progress)
             return loaded
 
         export_dir = _export_stage(runner, settings, export_dir, the_model, text, device)
