@@ -28,6 +28,8 @@ ALPHA = 0.05
 HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "inconclusive"
 #: A network with more than this share of its neurons in one layer is called layer-concentrated.
 CONCENTRATED = 0.5
+#: Controls carrying less than this share of their set's activation variance are not matched to it.
+MATCHED_RATIO = 0.8
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,24 @@ def beyond_controls(row: dict, alpha: float = ALPHA) -> str:
     return HOLDS if null["p_value"] <= alpha else FAILS
 
 
+def unmatched(row: dict) -> bool:
+    """Whether the set's controls carry clearly less activation variance than the set itself.
+
+    ``row["control_variance_ratio"]`` is the controls' median share of the site's variance over
+    the set's share. Below :data:`MATCHED_RATIO` the matching failed (typically: the set owns a
+    stratum's extreme neurons, which its disjoint controls cannot hold), the comparison favours
+    the set, and a small p-value may be that bias.
+    """
+    ratio = row.get("control_variance_ratio")
+    return ratio is not None and ratio < MATCHED_RATIO
+
+
+def _unmatched_words(row: dict) -> str:
+    return (f"its controls carry only {row['control_variance_ratio']:.0%} of its activation variance (the set owns "
+            "extreme neurons of its variance strata, which disjoint controls cannot hold), so the comparison "
+            "favours it")
+
+
 def lesion_verdict(union: dict | None, networks: list[dict], reference: dict | None = None,
                    alpha: float = ALPHA) -> Verdict:
     """Does ablating the networks hurt more than ablating matched sets?
@@ -194,6 +214,11 @@ def lesion_verdict(union: dict | None, networks: list[dict], reference: dict | N
     if main is None:
         return Verdict(claim, UNDECIDED, "No network was evaluated.")
     verdict = beyond_controls(main, alpha)
+    biased = verdict == HOLDS and unmatched(main)
+    beats_reference = (reference is not None and reference.get("delta_loss") is not None
+                       and main["delta_loss"] is not None and main["delta_loss"] > reference["delta_loss"])
+    if biased and not beats_reference:
+        verdict = UNDECIDED
     single = [r for r in networks if beyond_controls(r, alpha) == HOLDS]
     share = (main.get("set") or {}).get("variance_share")
     what = "their union" if union is not None else "the network"
@@ -203,6 +228,10 @@ def lesion_verdict(union: dict | None, networks: list[dict], reference: dict | N
                 + f"{len(single)} of {len(networks)} networks alone exceed their matched null at p <= {alpha:g} "
                 + f"({alpha * len(networks):.1f} expected by chance).")
     notes = condense(main.get("warnings") or [])
+    if biased:
+        notes.insert(0, f"Beyond its controls, but {_unmatched_words(main)}; " + (
+            "it also does more than the variance-ranked reference set, so magnitude does not explain it."
+            if beats_reference else "the variance-ranked reference set does as much or more: inconclusive."))
     numbers = {"delta_loss": main["delta_loss"], "null": {k: main["null"][k] for k in ("n", "median", "q05", "q95",
                                                                                        "p_value")},
                "networks_beyond": len(single), "networks": len(networks)}
@@ -218,17 +247,26 @@ def lesion_verdict(union: dict | None, networks: list[dict], reference: dict | N
 
 
 def set_verdict(row: dict, alpha: float = ALPHA) -> Verdict:
-    """The verdict on one given set (``--sets``): does ablating it matter beyond magnitude?"""
+    """The verdict on one given set (``--sets``): does ablating it matter beyond magnitude?
+
+    A set that beats controls that carry clearly less variance than itself (:func:`unmatched`) is
+    inconclusive.
+    """
     verdict = beyond_controls(row, alpha)
+    biased = verdict == HOLDS and unmatched(row)
+    if biased:
+        verdict = UNDECIDED
     share = (row.get("set") or {}).get("variance_share")
     words = {HOLDS: "matters beyond magnitude", FAILS: "does not matter beyond magnitude",
              UNDECIDED: "cannot be decided"}[verdict]
     measured = (f"Set {row['name']} ({row['n_neurons']} neurons"
                 + (f", {share:.1%} of the activation variance" if share is not None else "")
                 + f") {words}: ablating it changes the loss by {effect_sentence(row)}.")
+    notes = condense(row.get("warnings") or [])
+    if biased:
+        notes.insert(0, f"Beyond its controls, but {_unmatched_words(row)}: inconclusive.")
     return Verdict(f"Set {row['name']} matters beyond matched random sets", verdict, measured,
-                   {"delta_loss": row["delta_loss"], "p_value": row["null"]["p_value"]},
-                   condense(row.get("warnings") or []))
+                   {"delta_loss": row["delta_loss"], "p_value": row["null"]["p_value"]}, notes)
 
 
 # -- claim 3 ----------------------------------------------------------------------------------

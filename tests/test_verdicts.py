@@ -74,3 +74,16 @@ def test_per_layer_notes_are_condensed_to_one_per_kind():
     assert out[1].startswith("3 layers (0, 4, 9); the worst, layer 4: the condition holds 81%")
     assert out[2].startswith("2 layers (2, 5)")
     assert len(out) == 3
+
+
+def test_a_set_beyond_unmatched_controls_is_inconclusive_unless_it_beats_magnitude():
+    null = [0.1] * 19
+    row = dict(_row(5.0, null), control_variance_ratio=0.3)
+    weaker_reference = _row(2.0, null, "variance-ranked")
+    stronger_reference = _row(9.0, null, "variance-ranked")
+    assert verdicts.lesion_verdict(row, [], reference=weaker_reference).verdict == HOLDS
+    unsure = verdicts.lesion_verdict(row, [], reference=stronger_reference)
+    assert unsure.verdict == UNDECIDED and "favours it" in unsure.notes[0]
+    assert verdicts.lesion_verdict(row, []).verdict == UNDECIDED  # no reference: cannot rule magnitude out
+    assert verdicts.set_verdict(row).verdict == UNDECIDED
+    assert verdicts.set_verdict(dict(_row(5.0, null), control_variance_ratio=0.95)).verdict == HOLDS

@@ -617,13 +617,33 @@ def _keep_curves(evals: dict) -> dict:
     return curves
 
 
-def _condition(row: dict) -> dict:
-    """A mask-eval row as the report needs it (the controls' draws as plain values)."""
+def _condition(row: dict, variance: np.ndarray | None = None) -> dict:
+    """A mask-eval row as the report needs it: the controls' draws as plain values, and (with the
+    per-neuron ``variance`` of the site) how much of the set's activation variance its controls carry."""
     draws = (row.get("controls") or {}).get("draws", [])
     return {"name": row["name"], "mode": row["mode"], "n_neurons": row["n_neurons"], "fraction": row["fraction"],
             "loss": row["loss"], "accuracy": row["accuracy"], "delta_loss": row["delta_loss"],
             "delta_accuracy": row["delta_accuracy"], "null": {k: v for k, v in row["null"].items()},
-            "null_values": [d["delta_loss"] for d in draws], "set": row["set"], "warnings": row["warnings"]}
+            "null_values": [d["delta_loss"] for d in draws], "set": row["set"], "warnings": row["warnings"],
+            "control_variance_ratio": _variance_ratio(row, draws, variance)}
+
+
+def _variance_ratio(row: dict, draws: list, variance: np.ndarray | None) -> float | None:
+    """The controls' median share of the site's activation variance, over the set's own share."""
+    share = (row.get("set") or {}).get("variance_share")
+    picked = [np.asarray(d["neurons"], dtype=np.int64) for d in draws if d.get("neurons")]
+    if variance is None or not share or not picked or variance.sum() <= 0:
+        return None
+    shares = [float(variance[p[:, 0], p[:, 1]].sum() / variance.sum()) for p in picked if p.ndim == 2]
+    return float(np.median(shares) / share) if shares else None
+
+
+def _variance_grid(export_dir: Path) -> np.ndarray | None:
+    """Per-neuron activation variance of the export's site, ``(n_layers, n_neurons)``, from ``neuron_stats.tsv``."""
+    from ..formats.export import NEURON_STATS, read_neuron_stats
+
+    path = export_dir / NEURON_STATS
+    return read_neuron_stats(path).std.astype(float) ** 2 if path.is_file() else None
 
 
 def _templates(recurrence_dir: Path, mask: NeuronMask, statistics_rows: dict) -> tuple[list, dict]:
@@ -643,7 +663,7 @@ def _templates(recurrence_dir: Path, mask: NeuronMask, statistics_rows: dict) ->
     return templates, record
 
 
-def _network_table(mask: NeuronMask, ablate_rows: dict, templates: list, order: list) -> list[dict]:
+def _network_table(mask: NeuronMask, ablate_rows: dict, templates: list, order: list, cond) -> list[dict]:
     by_name = {t["name"]: t for t in templates}
     rows = []
     for name in mask.components:
@@ -653,7 +673,7 @@ def _network_table(mask: NeuronMask, ablate_rows: dict, templates: list, order: 
                      "rank": order.index(name) + 1 if name in order else None,
                      "recurrence": {"best_iou": t.get("best_iou"), "chance": t.get("chance"),
                                     "p_value": t.get("p_value")},
-                     "ablation": None if row is None else _condition(row)})
+                     "ablation": None if row is None else cond(row)})
     return rows
 
 
@@ -672,32 +692,37 @@ def _results(settings: StudySettings, recorded: dict, runner: _Runner, export_di
     from ..formats.export import read_export_record
 
     record = read_export_record(export_dir)
+    variance = _variance_grid(export_dir)
+
+    def cond(row: dict) -> dict:
+        return _condition(row, variance)
+
     main_ica = collected["icas"][("canica", settings.main_k)]
     mask = _networks_or_none(collected["main"], main_ica)
     baseline, ablate_rows = _rows(collected["evals"].get("ablate"))
     described = {name: row["set"] for name, row in ablate_rows.items()}
     templates, rec_record = _templates(collected["recurrence"], mask, described)
     order = collected["order"]
-    networks = _network_table(mask, ablate_rows, templates, order)
+    networks = _network_table(mask, ablate_rows, templates, order, cond)
     evaluated = [n for n in networks if n["ablation"] is not None]
     union = ablate_rows.get("union")
     reference = ablate_rows.get(VARIANCE_RANKED)
     curves = _keep_curves(collected["evals"])
     claims = [
         verdicts.recurrence_verdict(templates, len(rec_record["Subsets"]), rec_record["IoUThreshold"]),
-        verdicts.lesion_verdict(None if union is None else _condition(union), [n["ablation"] for n in evaluated],
-                                None if reference is None else _condition(reference)),
+        verdicts.lesion_verdict(None if union is None else cond(union), [n["ablation"] for n in evaluated],
+                                None if reference is None else cond(reference)),
         verdicts.preservation_verdict(curves, baseline["loss"]) if baseline else verdicts.preservation_verdict({}, 0),
     ]
     _, set_rows = _rows(collected["evals"].get("sets"))
-    claims += [verdicts.set_verdict(_condition(row)) for name, row in set_rows.items() if name != VARIANCE_RANKED]
+    claims += [verdicts.set_verdict(cond(row)) for name, row in set_rows.items() if name != VARIANCE_RANKED]
     secondary = {}
     for key, label in (("ablate-other", f"networks at z > {collected['other_threshold']:g}"),
                        ("ablate-seed", f"{SEED_METHOD} networks at z > {settings.threshold:g}")):
         _, rows = _rows(collected["evals"].get(key))
         if rows:
             row = rows.get("union") or next(iter(rows.values()))
-            secondary[key] = {"label": label, **_condition(row)}
+            secondary[key] = {"label": label, **cond(row)}
     _, scale_rows = _rows(collected["evals"].get("scale"))
     scale = scale_rows.get("union") or (next(iter(scale_rows.values())) if scale_rows else None)
     comparisons = {}
@@ -733,12 +758,12 @@ def _results(settings: StudySettings, recorded: dict, runner: _Runner, export_di
                        "IoUThreshold": rec_record["IoUThreshold"], "Null": rec_record.get("Null"),
                        "Templates": templates},
         "Baseline": baseline,
-        "Union": None if union is None else _condition(union),
-        "VarianceRanked": None if reference is None else _condition(reference),
+        "Union": None if union is None else cond(union),
+        "VarianceRanked": None if reference is None else cond(reference),
         "Secondary": secondary,
         "KeepCurves": curves,
-        "Amplification": None if scale is None else {"factor": settings.scale_factor, **_condition(scale)},
-        "Sets": [_condition(row) for name, row in set_rows.items() if name != VARIANCE_RANKED],
+        "Amplification": None if scale is None else {"factor": settings.scale_factor, **cond(scale)},
+        "Sets": [cond(row) for name, row in set_rows.items() if name != VARIANCE_RANKED],
         "Comparisons": comparisons,
         "Verdicts": [v.to_json() for v in claims],
         "Warnings": warnings,
