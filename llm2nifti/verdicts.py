@@ -219,13 +219,14 @@ def lesion_verdict(union: dict | None, networks: list[dict], reference: dict | N
                        and main["delta_loss"] is not None and main["delta_loss"] > reference["delta_loss"])
     if biased and not beats_reference:
         verdict = UNDECIDED
-    single = [r for r in networks if beyond_controls(r, alpha) == HOLDS]
+    single = [r for r in networks if beyond_controls(r, alpha) == HOLDS and not unmatched(r)]
     share = (main.get("set") or {}).get("variance_share")
     what = "their union" if union is not None else "the network"
     measured = (f"Ablating {what} ({main['n_neurons']} neurons"
                 + (f", {share:.1%} of the site's activation variance" if share is not None else "")
                 + f") changes the loss by {effect_sentence(main)}. "
-                + f"{len(single)} of {len(networks)} networks alone exceed their matched null at p <= {alpha:g} "
+                + f"{len(single)} of {len(networks)} networks alone exceed their matched null at p <= {alpha:g} with matched "
+                + "variance "
                 + f"({alpha * len(networks):.1f} expected by chance).")
     notes = condense(main.get("warnings") or [])
     if biased:
