@@ -225,9 +225,8 @@ def lesion_verdict(union: dict | None, networks: list[dict], reference: dict | N
     measured = (f"Ablating {what} ({main['n_neurons']} neurons"
                 + (f", {share:.1%} of the site's activation variance" if share is not None else "")
                 + f") changes the loss by {effect_sentence(main)}. "
-                + f"{len(single)} of {len(networks)} networks alone exceed their matched null at p <= {alpha:g} with matched "
-                + "variance "
-                + f"({alpha * len(networks):.1f} expected by chance).")
+                + f"{len(single)} of {len(networks)} networks alone exceed their matched null at p <= {alpha:g} "
+                + f"with variance-matched controls ({alpha * len(networks):.1f} expected by chance).")
     notes = condense(main.get("warnings") or [])
     if biased:
         notes.insert(0, f"Beyond its controls, but {_unmatched_words(main)}; " + (
