@@ -67,7 +67,7 @@ import pytest
 
 #: Files whose appearance means "this output is complete".
 COMPLETE_MARKS = ("dataset_description.json", "ica.json", "import.json", "recurrence.json", "template.json",
-                  "mask-eval.json")
+                  "mask-eval.json", "results.json")
 PROC_OUT = "/proc/llm2nifti-test/out"  # not writable even by root: mkdir there fails with ENOENT
 TEXT = "Sphinx of black quartz, judge my vow. How vexingly quick daft zebras jump! " * 24
 CASE_TIMEOUT_S = 120
@@ -78,6 +78,7 @@ UNRESOLVED = re.compile(r"`(?:[a-z][a-z_]*:)?[a-z][a-z0-9]*_[a-z0-9_]*`|`(?:[a-z
 EXPORT = "export --model {M} --site mlp.hidden --run-tokens 32 --max-runs 2 --quiet"
 ICA = "ica --n-components 2 --n-init 1 --no-figures --quiet"
 REC = "recurrence --subsets 2 --n-components 2 --n-init 1 --no-figures --quiet"
+STUDY = "study --model {M} --site mlp.hidden --run-tokens 32 --max-runs 4 --n-components 2 --quiet"
 IMPORT = "import --top-k 5"
 MASK_EVAL = "mask-eval --model {M} --max-tokens 64 --context 16 --random-controls 0 --quiet"
 TEMPLATE = "template --model {M} --site mlp.hidden --tokens 32 --quiet"
@@ -324,6 +325,16 @@ CASES = [
     Case("template-device-cuda", TEMPLATE + " --device cuda --out {OUT}", expect="cuda"),
     Case("template-missing-text", TEMPLATE + " --text {D}/nosuch.txt --out {OUT}", expect="nosuch"),
     Case("template-overwrite-foreign-dir", TEMPLATE + " --out {OUT} --overwrite", setup=_other_dir),
+    # ---------------------------------------------------------------- study
+    Case("study-readonly-out", STUDY + " --out " + PROC_OUT),
+    Case("study-foreign-dir", STUDY + " --out {OUT}", setup=_other_dir, expect="holds no study"),
+    Case("study-n-components-1", STUDY + " --n-components 1 --out {OUT}", expect="--n-components"),
+    Case("study-n-components-word", STUDY + " --n-components ten --out {OUT}", expect="--n-components"),
+    Case("study-keep-points-negative", STUDY + " --keep-points=-1 --out {OUT}", expect="--keep-points"),
+    Case("study-sets-not-an-import", STUDY + " --sets {EXP} --out {OUT}", expect="--sets"),
+    Case("study-export-incomplete", STUDY + " --export {D}/export --out {OUT}", setup=_export_copy(_mark_incomplete)),
+    Case("study-device-cuda", STUDY + " --device cuda --out {OUT}", expect="cuda"),
+    Case("study-unknown-model", "study --model no-such-org/no-such-model --out {OUT} --quiet"),
 ]
 
 

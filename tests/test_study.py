@@ -241,3 +241,13 @@ def test_the_paper_preset_runs_every_decomposition_at_the_seeds_threshold(tmp_pa
     assert set(result.results["Comparisons"]) >= {"dictlearning-k8", "dictlearning-k4", "canica-k4"}
     lesion = _verdict(result, "Ablating the networks")
     assert lesion["verdict"] == "inconclusive" and "cannot give p <= 0.05" in " ".join(lesion["notes"])
+
+
+def test_a_study_that_failed_before_any_stage_can_be_rerun_with_other_settings(tmp_path):
+    out = tmp_path / "s"
+    with pytest.raises(Exception, match="no-such"):
+        study("no-such-org/no-such-model", out, progress=False)
+    assert (out / files.SETTINGS).is_file() and not (out / files.RESULTS).exists()
+    with pytest.raises(ParameterError, match="`n_components`"):
+        study("smollm2-135m", out, n_components=1, progress=False)  # refused for its value, not for the old settings
+    assert files.check_settings(out, {"model": "other"}) is False

@@ -61,7 +61,8 @@ def write_settings(root: Path, settings: dict) -> None:
 def check_settings(root: Path, settings: dict) -> bool:
     """Whether ``root`` holds a study begun with ``settings``; raises when it was begun with others.
 
-    Returns ``False`` when there is no ``study.json`` yet.
+    Returns ``False`` (write the settings) when there is no ``study.json`` yet, or when no stage
+    was completed under the old settings (a study that failed at once, e.g. on a model name).
     """
     path = root / SETTINGS
     if not path.is_file():
@@ -72,6 +73,8 @@ def check_settings(root: Path, settings: dict) -> bool:
     if not isinstance(before, dict):
         raise DamagedFileError(f"{path} holds no settings")
     changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+    if changed and not stage_seconds(root):
+        return False  # no stage was completed under the old settings: nothing to protect
     if changed:
         raise MismatchError(f"{root} holds a study begun with other settings ({', '.join(changed)}); "
                             "rerun it with the same settings to resume it, pass `overwrite` to start it again, "
