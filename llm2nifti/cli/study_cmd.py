@@ -7,7 +7,8 @@ import click
 from ..evaluation.controls import CONTROL_KINDS
 from ..models import ALIASES, DEFAULT_MODEL
 from ..sites import SITES
-from ..workflows.study import PRESETS, study
+from ..workflows.study import study
+from ..workflows.study_settings import PRESETS
 from . import device_map_option, main, quiet_option, torch_dtype_option
 
 EPILOG = """\b
