@@ -27,6 +27,7 @@ An export is written by :class:`ExportWriter` inside an
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,6 +274,7 @@ class ExportWriter:
         self.annotations = annotations
         self.paths = DatasetPaths.for_record(root, record)
         self.layout = record.grid.neuron_layout()
+        self._local = threading.local()  # per writer thread: a reusable buffer of a run's voxels
 
     def start(self) -> int:
         """The record (incomplete) and every file that does not depend on the runs; returns bytes written."""
@@ -318,9 +320,21 @@ class ExportWriter:
         extra = event_columns(token_texts, self.trial_type, labels)
         write_text(self.paths.events(run), events_tsv(token_ids, token_texts, REPETITION_TIME, extra))
         img = run_image(self.layout, activations, REPETITION_TIME, record.dtype,
-                        f"llm2nifti {record.grid.site} {record.subject}", record.nifti2)
+                        f"llm2nifti {record.grid.site} {record.subject}", record.nifti2,
+                        frames=self._frames(activations))
         save(img, self.paths.bold(run))
+        del img  # the frames are this thread's to reuse
         return sum(p.stat().st_size for p in self.paths.run_files(run))
+
+    def _frames(self, activations: np.ndarray) -> np.ndarray | None:
+        """This thread's zeroed buffer for a run's voxels (see :func:`~llm2nifti.formats.nifti.run_image`)."""
+        shape = (activations.shape[0], int(np.prod(self.layout.shape)))
+        if shape[1] == self.layout.n_total:
+            return None  # every voxel a neuron: the activations are written as they are
+        frames = getattr(self._local, "frames", None)
+        if frames is None or frames.shape != shape:
+            frames = self._local.frames = np.zeros(shape, dtype=np.float32)
+        return frames
 
     def _write_statistic(self, path: Path, values: np.ndarray, what: str, description: str) -> int:
         """A per-neuron statistic as a 3D image (a BIDS reference image, ``sbref``) with its sidecar."""

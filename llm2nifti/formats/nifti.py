@@ -340,13 +340,20 @@ def volume_image(layout: NeuronLayout, values, dtype=np.float32, descrip="llm2ni
 
 
 def run_image(layout: NeuronLayout, activations: np.ndarray, tr: float | None = 1.0, dtype: str = "float32",
-              descrip: str = "llm2nifti", nifti2: bool = False, display: str = "robust"):
+              descrip: str = "llm2nifti", nifti2: bool = False, display: str = "robust",
+              frames: np.ndarray | None = None):
     """4D image of ``activations`` with shape ``(tokens, layers * neurons)``.
 
     Column ``layer * n_neurons + neuron`` goes to that neuron's voxel; volume
     ``t`` is token ``t``. With ``dtype="int16"`` nibabel stores the data with
     ``scl_slope``/``scl_inter`` chosen to cover its range. ``cal_min``/``cal_max``
     are set from the activations (see :func:`display_range`).
+
+    ``frames``, when the layout leaves voxels without a neuron, is the buffer
+    the image's data are put in: float32 of shape ``(tokens, X * Y * Z)``, zero
+    at those voxels (only the neurons' voxels are written; an export reuses one
+    per writer thread, sparing a fresh allocation and its page faults per run).
+    The image refers to it.
     """
     n_tokens = activations.shape[0]
     cls = check_volumes(n_tokens, nifti2)
@@ -356,7 +363,8 @@ def run_image(layout: NeuronLayout, activations: np.ndarray, tr: float | None = 
     if len(flat) == nx * ny * nz and np.array_equal(flat, np.arange(len(flat))):
         frames = np.ascontiguousarray(activations, dtype=np.float32)  # every voxel a neuron, in order
     else:
-        frames = np.zeros((n_tokens, nx * ny * nz), dtype=np.float32)
+        if frames is None or frames.shape != (n_tokens, nx * ny * nz) or frames.dtype != np.float32:
+            frames = np.zeros((n_tokens, nx * ny * nz), dtype=np.float32)
         # neurons lie in runs of consecutive voxels (grid rows, brain raster lines): copy blocks, not columns
         breaks = np.flatnonzero(np.diff(flat) != 1) + 1
         for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(flat)]):

@@ -255,17 +255,18 @@ def export(
             stats.add(_stored_stats(writer.paths.bold(run), writer.layout))
         todo = [run for run in range(1, n_runs + 1) if run not in done]
 
-        def write_run(run: int, acts: np.ndarray) -> int:
-            return writer.write_run(run, runs[run - 1], texts[run - 1], acts,
+        def write_run(run: int, acts: np.ndarray):
+            # on a writer thread, like the image: the model's thread only computes (docs/scale.md)
+            summary = run_summary(run, acts, grid.neurons_per_layer)
+            size = writer.write_run(run, runs[run - 1], texts[run - 1], acts,
                                     None if labels is None else labels[run - 1])
+            return run, summary, size
 
         def activations():
             for chosen in run_groups(todo, run_tokens, context, batch_size):
                 acts = record_runs(loaded.model, found, site, runs[np.array(chosen) - 1], context, batch_size, bos,
                                    run_device)
-                for run, run_acts in zip(chosen, acts):
-                    sums.add(run, run_summary(run, run_acts, grid.neurons_per_layer))
-                    yield run, run_acts
+                yield from zip(chosen, acts)
 
         def fold(summary) -> None:
             run_sums, run_stats = summary
@@ -275,7 +276,8 @@ def export(
         sums = OrderedRuns(todo, fold)
         with progress_bar(n_runs, initial=len(done), unit="run", desc="export", enabled=progress) as bar:
             if not sharded:
-                for size in write_in_background(write_run, activations()):
+                for run, summary, size in write_in_background(write_run, activations()):
+                    sums.add(run, summary)
                     bytes_written += size
                     bar.update()
             else:

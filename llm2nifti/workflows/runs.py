@@ -54,7 +54,7 @@ def run_summary(run: int, acts: np.ndarray, n_neurons: int) -> tuple[np.ndarray,
     """Float64 sums over a run's tokens (the mean image) and its exact statistics; refuses non-finite values."""
     sums = acts.sum(axis=0, dtype=np.float64)  # non-finite exactly where a value is
     check_finite(acts, sums, n_neurons, f"run {run}")
-    return sums, NeuronStats.of(acts)
+    return sums, NeuronStats.of(acts, sums)
 
 
 def write_in_background(write, jobs, depth: int = 2):
