@@ -255,7 +255,7 @@ def study(model: str | LoadedModel | None = None, out: str | Path | None = None,
     seconds = time.perf_counter() - started
     result = StudyResult(out, results, seconds)
     if progress:
-        log.info("%s", result.summary())
+        log.info("study done in %.1f s", seconds)
     return result
 
 
