@@ -583,7 +583,7 @@ def test_enough_cases_over_every_command():
     assert len(CASES) >= 45
     assert len({c.id for c in CASES}) == len(CASES)
     commands = {shlex.split(c.args)[0] for c in CASES}
-    assert commands == {"export", "import", "ica", "recurrence", "mask-eval", "template"}
+    assert commands == {"export", "import", "ica", "recurrence", "mask-eval", "template", "study"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
