@@ -177,12 +177,16 @@ class ExportRecord:
         BIDS labels: the model (``sub-``) and the text (``task-``).
     run_tokens, n_runs : int
     dtype : {"float32", "int16"}
+        How the activations are stored.
     nifti2 : bool
     complete : bool
         Whether every run and file was written (the export's own status; the
         directory is complete only when it also holds ``dataset_description.json``).
     version : str
         llm2nifti's version that wrote it.
+    compute_dtype : {"float32", "bfloat16", "float16"}
+        The dtype the model computed in (activations are converted to float32 to be stored).
+        Records written before it was kept say float32, the only dtype there was.
     """
 
     TYPE: ClassVar[str] = "export"
@@ -198,6 +202,7 @@ class ExportRecord:
     nifti2: bool = False
     complete: bool = False
     version: str = __version__
+    compute_dtype: str = "float32"
 
     @property
     def provenance(self) -> Provenance:
@@ -216,6 +221,7 @@ class ExportRecord:
             "NumRuns": self.n_runs,
             **self.text.to_json(),
             "DataType": self.dtype,
+            "ComputeDtype": self.compute_dtype,
             "NIfTI2": self.nifti2,
             "Status": "complete" if self.complete else "incomplete",
         }
@@ -228,7 +234,8 @@ class ExportRecord:
                        TextSpan.from_json(data, source), str(data["Subject"]), str(data["TaskName"]),
                        int(data["RunTokens"]), int(data["NumRuns"]),
                        str(data.get("DataType", "float32")), bool(data.get("NIfTI2", False)),
-                       data.get("Status") == "complete", str(data.get("llm2niftiVersion", "?")))
+                       data.get("Status") == "complete", str(data.get("llm2niftiVersion", "?")),
+                       str(data.get("ComputeDtype", "float32")))
         except (KeyError, TypeError, ValueError) as err:
             raise DamagedFileError(f"{source}: not a valid export record ({err})") from None
 

@@ -1,5 +1,7 @@
 """Big-model options: ``torch_dtype`` and ``device_map`` load the model as asked and still export exact activations."""
 
+import json
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -35,6 +37,8 @@ def test_placed_models_export_their_own_activations_as_float32(arch, torch_dtype
                     batch_size=1, torch_dtype=torch_dtype, device_map=device_map, progress=False)
     loaded = load_model(str(tiny_dirs[arch]), torch_dtype=torch_dtype, device_map=device_map, progress=False)
     assert next(loaded.model.parameters()).dtype == getattr(torch, torch_dtype)
+    assert result.record.compute_dtype == torch_dtype  # the dtype the model computed in, whatever is stored
+    assert json.loads(result.paths.record.read_text())["ComputeDtype"] == torch_dtype
     # without a GPU, accelerate's "auto" places every layer on the CPU (no hf_device_map): the path runs, not the split
     rows = read_table(result.paths.neurons_tsv)
     ijk = np.array([[int(r["i"]), int(r["j"]), int(r["k"])] for r in rows])

@@ -234,7 +234,8 @@ def export(
         n_runs = len(runs)
         text_span = TextSpan(corpus.source, corpus.sha256, (0, n_runs * run_tokens), context, bos is not None)
         wanted = ExportRecord(ModelIdentity.from_json(loaded.provenance), grid, text_span,
-                              model_label(loaded.model_id), corpus.name, run_tokens, n_runs, dtype, nifti2)
+                              model_label(loaded.model_id), corpus.name, run_tokens, n_runs, dtype, nifti2,
+                              compute_dtype=str(next(loaded.model.parameters()).dtype).removeprefix("torch."))
         if tx.adopted:
             _check_resumable(read_export_record(tx.staging), wanted)
             remove_partials(tx.staging)
