@@ -68,7 +68,7 @@ def plot_layer_neuron(values, layout: NeuronLayout, *, ax=None, title: str | Non
         values = image_values(values, layout)[0]
     matrix = layer_neuron_matrix(values, layout)
     if ax is None:
-        fig = _figure(width=min(14.0, 3.0 + layout.n_neurons / 60), height=1.2 + 0.16 * layout.n_layers)
+        fig = new_figure(width=min(14.0, 3.0 + layout.n_neurons / 60), height=1.2 + 0.16 * layout.n_layers)
         ax = fig.add_subplot()
     finite = matrix[np.isfinite(matrix)]
     vmax = vmax or (float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0)
@@ -93,7 +93,7 @@ def plot_components_layers(maps, layout: NeuronLayout, *, titles=None, ncols: in
     ncols = ncols or min(n, 4)
     nrows = -(-n // ncols)
     panel_h = 0.9 + 0.09 * layout.n_layers
-    fig = _figure(width=3.4 * ncols, height=panel_h * nrows + 0.3)
+    fig = new_figure(width=3.4 * ncols, height=panel_h * nrows + 0.3)
     vmax = float(np.nanmax(np.abs(maps))) or 1.0
     for c in range(n):
         ax = fig.add_subplot(nrows, ncols, c + 1)
@@ -126,7 +126,7 @@ def plot_mask_eval(result):
     data = result.to_dict() if hasattr(result, "to_dict") else result
     baseline, conditions, settings = data["baseline"], data["conditions"], data["settings"]
     names = [c["name"] for c in conditions]
-    fig = _figure(width=max(6.0, 1.1 * len(names) + 3), height=4.2)
+    fig = new_figure(width=max(6.0, 1.1 * len(names) + 3), height=4.2)
     fig.set_layout_engine("constrained")
     fig.suptitle(f"mask-eval: {settings.get('Model', '')}, {settings.get('Mode', '')} at "
                  f"{settings.get('Site', '')}, {settings.get('NumTokens', '')} tokens", fontsize=10)
@@ -158,7 +158,8 @@ def plot_mask_eval(result):
     return fig
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A matplotlib figure made with the object API (no pyplot state, no display needed)."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height))
@@ -260,7 +261,7 @@ def write_ica_figures(ica, out_dir: str | Path, *, threshold: float = 2.0, stat_
     plot_components_layers(ica.components_z_, layout, path=written[0])
     width = max(6.0, min(20.0, layout.n_neurons / 100))
     for c, z in enumerate(ica.components_z_):
-        fig = _figure(width=width, height=1.2 + 0.12 * layout.n_layers)
+        fig = new_figure(width=width, height=1.2 + 0.12 * layout.n_layers)
         plot_layer_neuron(z, layout, ax=fig.add_subplot(), title=f"{component_name(c)} (z)", label="z")
         fig.tight_layout()
         written.append(out / f"{component_name(c)}_layers.png")
@@ -310,7 +311,7 @@ def plot_recurrence(best_iou, threshold: float = 0.2, *, recurrences=None, chanc
     best_iou = np.atleast_2d(np.asarray(best_iou, dtype=float))
     n_templates, n_subsets = best_iou.shape
     chance = None if chance is None else np.atleast_2d(np.asarray(chance, dtype=float))
-    fig = _figure(width=2.8 + 0.8 * n_subsets, height=1.1 + (0.42 if chance is not None else 0.32) * n_templates)
+    fig = new_figure(width=2.8 + 0.8 * n_subsets, height=1.1 + (0.42 if chance is not None else 0.32) * n_templates)
     ax = fig.add_subplot()
     image = ax.imshow(best_iou, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     for t in range(n_templates):
@@ -374,7 +375,7 @@ def write_glm_figures(glm, out_dir: str | Path, *, threshold: float = 3.0, stat_
     make_dirs(out)
     layout = glm.export_.layout
     written = [out / "design_matrix.png"]
-    fig = _figure(width=max(4.0, 0.5 * glm.design_matrices_[0].shape[1] + 2), height=6)
+    fig = new_figure(width=max(4.0, 0.5 * glm.design_matrices_[0].shape[1] + 2), height=6)
     ax = fig.add_subplot()
     plot_design_matrix(glm.design_matrices_[0], axes=ax)
     ax.set_title(f"design matrix, run {glm.export_.runs[0]}")

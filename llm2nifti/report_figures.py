@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .figures import _figure, plot_layer_neuron
+from .figures import new_figure, plot_layer_neuron
 
 DPI = 100
 
@@ -36,7 +36,7 @@ def _finite(values) -> np.ndarray:
 def plot_nulls(conditions: list[dict], *, title: str = "change in loss: observed vs matched controls"):
     """One row per condition: its controls' ``delta_loss`` (dots, 5-95% bar) and the observed value (red)."""
     n = max(len(conditions), 1)
-    fig = _figure(7.5, 0.9 + 0.42 * n)
+    fig = new_figure(7.5, 0.9 + 0.42 * n)
     ax = fig.add_subplot()
     rng = np.random.default_rng(0)
     for i, row in enumerate(conditions):
@@ -62,7 +62,7 @@ def plot_nulls(conditions: list[dict], *, title: str = "change in loss: observed
 def plot_keep_curves(curves: dict, baseline_loss: float):
     """Per keep mode: the loss change when keeping only the top-k networks, against the controls' median and 5-95%."""
     modes = list(curves)
-    fig = _figure(4.0 * max(len(modes), 1), 3.2)
+    fig = new_figure(4.0 * max(len(modes), 1), 3.2)
     for i, mode in enumerate(modes):
         ax = fig.add_subplot(1, max(len(modes), 1), i + 1)
         points = curves[mode]
@@ -88,7 +88,7 @@ def plot_layer_distribution(networks: list[dict], n_layers: int):
     """Networks x layers: neurons of each network per layer, with its share of the activation variance."""
     shown = [n for n in networks if n["n_neurons"]]
     counts = np.array([n["layer_counts"] for n in shown], dtype=float).reshape(len(shown), n_layers)
-    fig = _figure(2.5 + 0.22 * n_layers, 1.0 + 0.3 * max(len(shown), 1))
+    fig = new_figure(2.5 + 0.22 * n_layers, 1.0 + 0.3 * max(len(shown), 1))
     ax = fig.add_subplot()
     image = ax.imshow(counts, aspect="auto", cmap="magma_r")
     labels = []
@@ -106,7 +106,7 @@ def plot_layer_distribution(networks: list[dict], n_layers: int):
 
 def plot_network_map(z_values, layout, name: str, threshold: float):
     """One network's z map as a layer x neuron image (neurons above ``threshold`` are the network)."""
-    fig = _figure(6.0, 2.4)
+    fig = new_figure(6.0, 2.4)
     ax = fig.add_subplot()
     vmax = float(np.nanmax(np.abs(z_values))) or 1.0
     plot_layer_neuron(z_values, layout, ax=ax, title=f"{name}: z map ({int((z_values > threshold).sum())} "

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..checks import check_bool, check_path
 from ..console import log
-from ..errors import OutputExistsError, ParameterError
+from ..errors import Llm2niftiError, OutputExistsError, ParameterError
 from ..formats import study as files
 from ..formats.export import check_complete as check_export_complete
 from ..formats.ica import ICA_RECORD, open_ica
@@ -313,7 +313,7 @@ def _export_stage(runner: _Runner, settings: StudySettings, export_dir, the_mode
     def complete(path: Path) -> bool:
         try:
             check_export_complete(path)
-        except Exception:  # noqa: BLE001 - any unreadable or incomplete export is run again
+        except Llm2niftiError:  # incomplete, damaged or not an export: the stage runs (and resumes) again
             return False
         return True
 
