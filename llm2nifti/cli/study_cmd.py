@@ -33,15 +33,6 @@ and paper (16 runs, K = 20 plus 10 and 40, 10 restarts, DictLearning, 2048 held-
 """
 
 
-def _ks(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
-
-
 @main.command("study", epilog=EPILOG)
 @click.option("--model", default=DEFAULT_MODEL, show_default=True,
               help=f"Built-in alias ({', '.join(ALIASES)}), .gguf file, local Hugging Face directory or hub id.")
@@ -54,7 +45,7 @@ def _ks(ctx, param, value):
 @click.option("--sets", type=click.Path(file_okay=False), default=None,
               help="An import output whose components are tested like the networks (e.g. a localizer mask).")
 @click.option("--site", type=click.Choice(SITES), default=None, help="Neurons recorded (preset: mlp.out).")
-@click.option("--n-components", callback=_ks, default=None,
+@click.option("--n-components", default=None,
               help="CanICA's K, comma-separated; the first is the main one (preset: quick 10, paper 20,10,40).")
 @click.option("--n-init", type=click.IntRange(min=1), default=None, help="CanICA restarts (preset: 3 / 10).")
 @click.option("--max-iter", type=click.IntRange(min=1), default=None, help="FastICA iterations per run (200).")
@@ -72,7 +63,7 @@ def _ks(ctx, param, value):
               help="z threshold of the networks (quick: 2, llm2nifti's; paper: 3.6, the seed's).")
 @click.option("--max-runs", type=click.IntRange(min=2), default=None, help="Runs exported (preset: 8 / 16).")
 @click.option("--run-tokens", type=click.IntRange(min=1), default=None, help="Tokens per run (512).")
-@click.option("--keep-points", callback=_ks, default=None,
+@click.option("--keep-points", default=None,
               help="Numbers of networks kept for the keep curves, comma-separated; 0 = all (quick: 1,3,0).")
 @click.option("--random-state", type=click.IntRange(min=0), default=None, help="Seed of every random step (0).")
 @click.option("--overwrite", is_flag=True, help="Run every stage again (each replaced once complete).")

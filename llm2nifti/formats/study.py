@@ -100,10 +100,9 @@ def record_stage_seconds(root: Path, name: str, seconds: float) -> None:
 
 def remove_results(root: Path) -> None:
     """The whole is incomplete until ``results.json`` is written again."""
-    for name in (RESULTS,):
-        path = root / name
-        if path.is_file():
-            path.unlink()
+    path = root / RESULTS
+    if path.is_file():
+        path.unlink()
 
 
 def write_report(root: Path, html_text: str) -> Path:

@@ -100,9 +100,12 @@ class _Runner:
             log.info("[study] %s: complete, reused", name)
         return path
 
-    def run(self, name: str, mark: str, make, path: Path | None = None) -> Path:
+    def run(self, name: str, done, make, path: Path | None = None) -> Path:
+        """Reuse the stage when ``done`` (its completion mark, or a test of its directory) says it is
+        complete, else ``make(path)`` it."""
         path = path or self.root / name
-        if not self.overwrite and _complete(path, mark):
+        complete = done(path) if callable(done) else _complete(path, done)
+        if not self.overwrite and complete:
             return self.reuse(name, path)
         if self.progress:
             log.info("[study] %s ...", name)
@@ -311,16 +314,15 @@ def _export_stage(runner: _Runner, settings: StudySettings, export_dir, the_mode
                    overwrite=runner.overwrite, device=device, progress=runner.progress)
 
     def complete(path: Path) -> bool:
+        if not path.is_dir():
+            return False
         try:
             check_export_complete(path)
         except Llm2niftiError:  # incomplete, damaged or not an export: the stage runs (and resumes) again
             return False
         return True
 
-    path = runner.root / files.EXPORT_DIR
-    if not runner.overwrite and path.is_dir() and complete(path):
-        return runner.reuse("export", path)
-    return runner.run("export", "dataset_description.json", make, path)
+    return runner.run("export", complete, make, runner.root / files.EXPORT_DIR)
 
 
 @dataclass
