@@ -5,8 +5,9 @@ on the same model and the same tokens:
 
 - ``forward``: the full model (``model(input_ids)``, logits included), no hooks;
 - ``trunk``: the same without the LM head, which is what an export computes;
-- ``export <site>``: ``llm2nifti.export`` to a temporary directory, gzip included,
-  for each of ``mlp.out``, ``mlp.hidden`` and ``resid``;
+- ``export <site> <format>``: ``llm2nifti.export`` to a temporary directory, for
+  each of ``mlp.out``, ``mlp.hidden`` and ``resid``, with the runs as ``.nii.gz``
+  (the default, gzip included) and as ``.nii`` (``compress=False``);
 - ``growth``: the export of ``--growth-site`` over ``--growth-runs`` runs of
   ``--growth-run-tokens`` tokens and over ten times as many, once each: peak memory
   must stay flat (within 1.2x), since the writer holds a bounded number of runs
@@ -20,8 +21,8 @@ size), against writing it uncompressed, which is what settles ``.nii.gz``.
 Usage::
 
     python benchmarks/export_throughput.py [--model smollm2-135m] [--runs 8] [--run-tokens 512]
-        [--sites mlp.out,mlp.hidden,resid] [--repeats 2] [--growth-runs 12] [--growth-run-tokens 128]
-        [--growth-site mlp.hidden]
+        [--sites mlp.out,mlp.hidden,resid] [--formats nii.gz,nii] [--repeats 2]
+        [--growth-runs 12] [--growth-run-tokens 128] [--growth-site mlp.hidden]
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def _phase(args) -> dict:
         if args.phase == "export":
             with tempfile.TemporaryDirectory() as tmp:
                 export(f"{tmp}/out", loaded, site=args.site, run_tokens=args.run_tokens, max_runs=args.runs,
-                       batch_size=args.batch_size, progress=False)
+                       batch_size=args.batch_size, compress=args.format == "nii.gz", progress=False)
         else:
             runs = _tokens(loaded, args.runs, args.run_tokens)
             module = loaded.model if args.phase == "forward" else trunk(loaded.model)
@@ -123,12 +124,14 @@ def main() -> None:
     parser.add_argument("--run-tokens", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--sites", default=",".join(SITES))
+    parser.add_argument("--formats", default="nii.gz,nii", help="run formats to export: nii.gz, nii or both")
     parser.add_argument("--repeats", type=int, default=2, help="best of N timings per phase")
     parser.add_argument("--growth-runs", type=int, default=12, help="the growth check exports this many runs, then 10x")
     parser.add_argument("--growth-run-tokens", type=int, default=128)
     parser.add_argument("--growth-site", default="mlp.hidden")
     parser.add_argument("--phase", choices=["forward", "trunk", "export", "writer"], help=argparse.SUPPRESS)
     parser.add_argument("--site", default="mlp.out", help=argparse.SUPPRESS)
+    parser.add_argument("--format", default="nii.gz", help=argparse.SUPPRESS)
     parser.add_argument("--neurons", type=int, default=46080, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase == "writer":
@@ -141,14 +144,16 @@ def main() -> None:
     print(f"model {args.model}, {args.runs} runs x {args.run_tokens} tokens, batch {args.batch_size}, "
           f"best of {args.repeats}; {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     base = {phase: _run(args, phase) for phase in ("forward", "trunk")}
-    print(f"{'phase':<18} {'tokens/s':>9} {'seconds':>8} {'peak RSS MB':>12} {'/forward':>9} {'/trunk':>7}")
+    print(f"{'phase':<25} {'tokens/s':>9} {'seconds':>8} {'peak RSS MB':>12} {'/forward':>9} {'/trunk':>7}")
     for phase, r in base.items():
-        print(f"{phase:<18} {r['tokens_per_s']:>9.1f} {r['seconds']:>8.2f} {r['peak_rss_mb']:>12.0f}")
+        print(f"{phase:<25} {r['tokens_per_s']:>9.1f} {r['seconds']:>8.2f} {r['peak_rss_mb']:>12.0f}")
     for site in args.sites.split(","):
-        r = _run(args, "export", site=site)
-        print(f"{'export ' + site:<18} {r['tokens_per_s']:>9.1f} {r['seconds']:>8.2f} {r['peak_rss_mb']:>12.0f} "
-              f"{r['tokens_per_s'] / base['forward']['tokens_per_s']:>9.2f} "
-              f"{r['tokens_per_s'] / base['trunk']['tokens_per_s']:>7.2f}")
+        for fmt in args.formats.split(","):
+            r = _run(args, "export", site=site, format=fmt)
+            print(f"{f'export {site} .{fmt}':<25} {r['tokens_per_s']:>9.1f} {r['seconds']:>8.2f} "
+                  f"{r['peak_rss_mb']:>12.0f} "
+                  f"{r['tokens_per_s'] / base['forward']['tokens_per_s']:>9.2f} "
+                  f"{r['tokens_per_s'] / base['trunk']['tokens_per_s']:>7.2f}")
     small, large = args.growth_runs, 10 * args.growth_runs
     peaks = {}
     for runs in (small, large):

@@ -183,12 +183,10 @@ class NeuronLayout:
 
     def table(self) -> list[tuple]:
         """Rows ``(i, j, k, layer, neuron, label)`` in masker order."""
-        rows = []
-        for nid in self.masker_order():
-            layer, neuron = divmod(int(nid), self.n_neurons)
-            i, j, k = (int(v) for v in self.voxels[nid])
-            rows.append((i, j, k, layer, neuron, neuron_label(layer, neuron)))
-        return rows
+        order = self.masker_order()
+        layers, neurons = np.divmod(order, self.n_neurons)
+        columns = [*self.voxels[order].T, layers, neurons]
+        return [(*row, neuron_label(*row[3:])) for row in zip(*(c.tolist() for c in columns))]
 
 
 def _near_square(n: int) -> tuple[int, int]:

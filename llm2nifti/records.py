@@ -187,6 +187,9 @@ class ExportRecord:
     compute_dtype : {"float32", "bfloat16", "float16"}
         The dtype the model computed in (activations are converted to float32 to be stored).
         Records written before it was kept say float32, the only dtype there was.
+    compressed : bool
+        Whether the runs are ``.nii.gz`` (gzip) or ``.nii`` (records written
+        before the choice existed say compressed, the only format there was).
     """
 
     TYPE: ClassVar[str] = "export"
@@ -203,6 +206,7 @@ class ExportRecord:
     complete: bool = False
     version: str = __version__
     compute_dtype: str = "float32"
+    compressed: bool = True
 
     @property
     def provenance(self) -> Provenance:
@@ -223,6 +227,7 @@ class ExportRecord:
             "DataType": self.dtype,
             "ComputeDtype": self.compute_dtype,
             "NIfTI2": self.nifti2,
+            "Compressed": self.compressed,
             "Status": "complete" if self.complete else "incomplete",
         }
 
@@ -235,7 +240,7 @@ class ExportRecord:
                        int(data["RunTokens"]), int(data["NumRuns"]),
                        str(data.get("DataType", "float32")), bool(data.get("NIfTI2", False)),
                        data.get("Status") == "complete", str(data.get("llm2niftiVersion", "?")),
-                       str(data.get("ComputeDtype", "float32")))
+                       str(data.get("ComputeDtype", "float32")), bool(data.get("Compressed", True)))
         except (KeyError, TypeError, ValueError) as err:
             raise DamagedFileError(f"{source}: not a valid export record ({err})") from None
 

@@ -63,7 +63,7 @@ def kill_at_run(run: int) -> Callable[[str, Path], None]:
     renamed: list[Path] = []
 
     def hook(kind: str, path: Path) -> None:
-        if kind == "rename" and path.name.endswith("_bold.nii.gz"):
+        if kind == "rename" and path.name.endswith(("_bold.nii.gz", "_bold.nii")):
             renamed.append(path)
             if len(renamed) >= run:
                 raise transaction.SimulatedKill(f"killed before run image {len(renamed)}: {path}")

@@ -150,6 +150,13 @@ def test_summary_line(tmp_path, tiny_llama_dir, text_file):
     assert "runs (0 resumed)" in out and "tokens/s" in out and "MB written" in out and "48 neurons" in out
 
 
+def test_no_compress_writes_nii_runs(tmp_path, tiny_llama_dir, text_file):
+    code, out = run_cli("--model", tiny_llama_dir, "--text", text_file, "--run-tokens", "32", "--max-runs", "2",
+                        "--no-compress", "--out", tmp_path / "o", "--quiet")
+    assert code == 0, out
+    assert len(list((tmp_path / "o").rglob("*_bold.nii"))) == 2 and not list((tmp_path / "o").rglob("*_bold.nii.gz"))
+
+
 def _cli_executable():
     found = shutil.which("llm2nifti", path=os.path.dirname(sys.executable))
     return [found] if found else [sys.executable, "-m", "llm2nifti"]
@@ -224,9 +231,9 @@ def test_bids_validator_reports_no_errors(tmp_path, tiny_llama):
     validator = shutil.which("bids-validator-deno", path=os.path.dirname(sys.executable)) or shutil.which(
         "bids-validator-deno")
     assert validator, "bids-validator-deno is not installed (pip install bids-validator-deno)"
-    for layout in ("grid", "brain"):
-        result = export(tmp_path / layout, tiny_llama, None, run_tokens=32, max_runs=2, layout=layout,
-                        progress=False)
+    for layout, compress in (("grid", True), ("brain", True), ("grid", False)):  # .nii runs are valid BIDS too
+        result = export(tmp_path / f"{layout}{compress}", tiny_llama, None, run_tokens=32, max_runs=2, layout=layout,
+                        compress=compress, progress=False)
         proc = subprocess.run([validator, "--format", "json", str(result.out_dir)], capture_output=True, text=True)
         report = json.loads(proc.stdout)
         errors = [i for i in report["issues"]["issues"] if i["severity"] == "error"]

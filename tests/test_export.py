@@ -188,3 +188,40 @@ def test_jsonl_and_stdin_text(tmp_path, tiny_llama):
     assert piped.paths.task == "stdin"
     with pytest.raises(UserError, match="no field 'text'"):
         export(tmp_path / "k", tiny_llama, str(jsonl), run_tokens=16, progress=False)
+
+
+def test_uncompressed_runs_hold_the_same_data_and_are_recorded(tmp_path, tiny_llama):
+    from nilearn.maskers import NiftiMasker
+
+    from llm2nifti.formats.export import is_export, open_export
+
+    gz = export(tmp_path / "gz", tiny_llama, None, run_tokens=16, max_runs=2, progress=False)
+    raw = export(tmp_path / "raw", tiny_llama, None, run_tokens=16, max_runs=2, compress=False, progress=False)
+    for run in (1, 2):
+        assert gz.paths.bold(run).name.endswith("_bold.nii.gz")
+        assert raw.paths.bold(run).name.endswith("_bold.nii") and raw.paths.bold(run).is_file()
+        with open(raw.paths.bold(run), "rb") as fh:
+            assert fh.read(2) != b"\x1f\x8b"  # not gzip under another name
+        np.testing.assert_array_equal(np.asarray(nib.load(raw.paths.bold(run)).dataobj),
+                                      np.asarray(nib.load(gz.paths.bold(run)).dataobj))
+    assert not list(raw.out_dir.rglob("*_bold.nii.gz"))
+    assert json.loads(raw.paths.record.read_text())["Compressed"] is False
+    assert json.loads(gz.paths.record.read_text())["Compressed"] is True
+    assert is_export(raw.out_dir)
+    assert open_export(raw.out_dir).run_paths == [raw.paths.bold(r) for r in (1, 2)]
+    series = NiftiMasker(mask_img=str(raw.paths.mask), standardize=None).fit_transform(str(raw.paths.bold(1)))
+    assert series.shape == (16, raw.n_neurons)
+    np.testing.assert_array_equal(np.asarray(nib.load(raw.paths.mean).dataobj),
+                                  np.asarray(nib.load(gz.paths.mean).dataobj))
+
+
+def test_resume_refuses_a_change_of_compression(tmp_path, tiny_llama):
+    from faults import installed, kill_at_run
+
+    from llm2nifti import transaction
+
+    with installed(kill_at_run(2)), pytest.raises(transaction.SimulatedKill):
+        export(tmp_path / "out", tiny_llama, None, run_tokens=16, max_runs=3, progress=False)
+    with pytest.raises(UserError, match="cannot resume: .*Compressed"):
+        export(tmp_path / "out", tiny_llama, None, run_tokens=16, max_runs=3, compress=False, resume=True,
+               progress=False)

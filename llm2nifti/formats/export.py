@@ -8,7 +8,7 @@ Layout of an export (``<sub>`` is the model label, ``<task>`` the text)::
     neurons.tsv                       i j k layer neuron label, in NiftiMasker column order
     atlas/layers.xml, layers.lut      FSL label atlas and FSLeyes lookup table of the dseg image
     sub-<sub>/func/
-        sub-<sub>_task-<task>_run-<n>_space-<space>_bold.nii.gz  (+ .json sidecar)
+        sub-<sub>_task-<task>_run-<n>_space-<space>_bold.nii.gz  (+ .json sidecar; .nii with compress=False)
         sub-<sub>_task-<task>_run-<n>_events.tsv
         sub-<sub>_task-<task>_space-<space>_desc-brain_mask.nii.gz (+ .json)
         sub-<sub>_task-<task>_space-<space>_seg-layers_dseg.nii.gz (+ .json, + .tsv)
@@ -67,11 +67,12 @@ class DatasetPaths:
     task: str
     run_digits: int = 3
     space: str = SPACES["grid"]
+    compressed: bool = True
 
     @classmethod
     def for_record(cls, root: Path, record: ExportRecord) -> DatasetPaths:
         return cls(Path(root), record.subject, record.task, max(3, len(str(record.n_runs))),
-                   SPACES[record.grid.layout])
+                   SPACES[record.grid.layout], record.compressed)
 
     @property
     def func(self) -> Path:
@@ -85,7 +86,8 @@ class DatasetPaths:
         return self.func / f"{self.prefix}_run-{run:0{self.run_digits}d}_{suffix}"
 
     def bold(self, run: int) -> Path:
-        return self._run(run, f"space-{self.space}_bold.nii.gz")
+        """The run's 4D image: ``.nii.gz``, or ``.nii`` for an export written with ``compress=False``."""
+        return self._run(run, f"space-{self.space}_bold{'.nii.gz' if self.compressed else '.nii'}")
 
     def sidecar(self, run: int) -> Path:
         return self._run(run, f"space-{self.space}_bold.json")
@@ -438,7 +440,7 @@ def is_export(path: Path) -> bool:
 
 def worth_resuming(path: Path) -> bool:
     """Whether an interrupted export holds at least one complete run."""
-    return any(Path(path).rglob("*_bold.nii.gz"))
+    return any(Path(path).rglob("*_bold.nii.gz")) or any(Path(path).rglob("*_bold.nii"))
 
 
 # -- reading ----------------------------------------------------------------------------------

@@ -15,15 +15,15 @@ import numpy as np
 from ..errors import DamagedFileError
 from ..layout import LAYOUTS, NeuronLayout
 from ..transaction import write_text
-from .tables import int_column, read_tsv, tsv_text
+from .tables import int_column, read_tsv
 
 FILENAME = "neurons.tsv"
 COLUMNS = ("i", "j", "k", "layer", "neuron", "label")
 
 
 def write_neuron_map(layout: NeuronLayout, path: str | Path) -> None:
-    rows = [dict(zip(COLUMNS, row)) for row in layout.table()]
-    write_text(path, tsv_text(rows, COLUMNS))
+    rows = ("\t".join(map(str, row)) for row in layout.table())  # all ints and labels: no formatting to do
+    write_text(path, "\n".join(["\t".join(COLUMNS), *rows]) + "\n")
 
 
 def read_neuron_map(path: str | Path) -> dict[str, np.ndarray]:

@@ -79,9 +79,9 @@ class ExportResult:
         )
 
 
-def _check_arguments(out, site, layout, run_tokens, max_runs, context, batch_size, dtype, nifti2, resume, overwrite,
-                     progress, text_field, blocks, down_proj, device, model, torch_dtype, device_map, workers,
-                     scheduler):
+def _check_arguments(out, site, layout, run_tokens, max_runs, context, batch_size, dtype, nifti2, compress, resume,
+                     overwrite, progress, text_field, blocks, down_proj, device, model, torch_dtype, device_map,
+                     workers, scheduler):
     out = check_path("out", out)
     check_device(device)
     check_model_placement(model, torch_dtype, device_map)
@@ -98,7 +98,8 @@ def _check_arguments(out, site, layout, run_tokens, max_runs, context, batch_siz
     check_int("batch_size", batch_size, min_value=1)
     check_choice("dtype", dtype, tuple(DTYPES))
     check_str("text_field", text_field)
-    for name, value in (("nifti2", nifti2), ("resume", resume), ("overwrite", overwrite), ("progress", progress)):
+    for name, value in (("nifti2", nifti2), ("compress", compress), ("resume", resume), ("overwrite", overwrite),
+                        ("progress", progress)):
         check_bool(name, value)
     if resume and overwrite:
         raise ParameterError("give one of `resume` and `overwrite`, not both")
@@ -120,6 +121,7 @@ def export(
     text_field: str = "text",
     dtype: str = "float32",
     nifti2: bool = False,
+    compress: bool = True,
     resume: bool = False,
     overwrite: bool = False,
     blocks: str | None = None,
@@ -168,6 +170,12 @@ def export(
         On-disk type; int16 uses ``scl_slope``/``scl_inter``.
     nifti2 : bool
         Write NIfTI-2 (needed for runs over 32767 tokens).
+    compress : bool
+        Write the runs as ``.nii.gz`` (default) or, with ``False``, as
+        uncompressed ``.nii``: float32 activations shrink only to about 0.92
+        of their size, and gzip costs CPU time an export on few cores shares
+        with the model (numbers in ``docs/scale.md``). The other images are
+        small and always gzipped.
     resume, overwrite : bool
         Finish an interrupted export (keeping complete runs), or replace one.
     blocks, down_proj : str, optional
@@ -207,8 +215,8 @@ def export(
     ExportResult
     """
     started = time.perf_counter()
-    out = _check_arguments(out, site, layout, run_tokens, max_runs, context, batch_size, dtype, nifti2, resume,
-                           overwrite, progress, text_field, blocks, down_proj, device, model, torch_dtype,
+    out = _check_arguments(out, site, layout, run_tokens, max_runs, context, batch_size, dtype, nifti2, compress,
+                           resume, overwrite, progress, text_field, blocks, down_proj, device, model, torch_dtype,
                            device_map, workers, scheduler)
     check_str("trial_type", trial_type)
     annotations = check_path("annotations", annotations, none_ok=True)
@@ -235,7 +243,8 @@ def export(
         text_span = TextSpan(corpus.source, corpus.sha256, (0, n_runs * run_tokens), context, bos is not None)
         wanted = ExportRecord(ModelIdentity.from_json(loaded.provenance), grid, text_span,
                               model_label(loaded.model_id), corpus.name, run_tokens, n_runs, dtype, nifti2,
-                              compute_dtype=str(next(loaded.model.parameters()).dtype).removeprefix("torch."))
+                              compute_dtype=str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
+                              compressed=compress)
         if tx.adopted:
             _check_resumable(read_export_record(tx.staging), wanted)
             remove_partials(tx.staging)
