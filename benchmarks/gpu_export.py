@@ -7,7 +7,8 @@ tokenizer is a byte-level one made on the spot (token ids below 258: the text
 only feeds the model). Measured on the same tokens, best of ``--repeats``:
 
 - ``trunk``: the model without its LM head (what an export computes), no hooks;
-- ``export``: ``llm2nifti.export`` of ``--site`` into ``--out-dir`` (gzip included),
+- ``export .nii.gz`` and ``export .nii``: ``llm2nifti.export`` of ``--site`` into
+  ``--out-dir``, with gzipped and with uncompressed runs (``compress=False``),
   activations copied to float32 on the host.
 
 Prints tokens/s, export/trunk, the data rate written and the peak GPU memory.
@@ -17,12 +18,13 @@ Smoke test on a CPU: ``--device cpu --layers 2 --d-model 256 --d-mlp 688 --heads
 Usage::
 
     python benchmarks/gpu_export.py [--device cuda] [--torch-dtype bfloat16] [--runs 16] [--run-tokens 512]
-        [--batch-size 8] [--site mlp.hidden] [--out-dir /tmp] [--repeats 2]
+        [--batch-size 8] [--site mlp.hidden] [--formats nii.gz,nii] [--out-dir /tmp] [--repeats 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -72,6 +74,7 @@ def main() -> None:
     parser.add_argument("--run-tokens", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--site", default="mlp.hidden")
+    parser.add_argument("--formats", default="nii.gz,nii", help="run formats to export: nii.gz, nii or both")
     parser.add_argument("--out-dir", default=None, help="where the export is written (default: a temporary dir)")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
@@ -118,15 +121,17 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
     t_trunk = timed(run_trunk)
     trunk_peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-    with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        result = []
-        t_export = timed(lambda: result.append(export(f"{tmp}/out", loaded, str(text), site=args.site,
-                                                      run_tokens=args.run_tokens, max_runs=args.runs,
-                                                      batch_size=args.batch_size, device=args.device,
-                                                      overwrite=True, progress=False)))
-        export_peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    exports = {}
+    for fmt in args.formats.split(","):
+        with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            result = []
+            seconds = timed(functools.partial(lambda out, compress, into: into.append(export(
+                out, loaded, str(text), site=args.site, run_tokens=args.run_tokens, max_runs=args.runs,
+                batch_size=args.batch_size, device=args.device, compress=compress, overwrite=True, progress=False)),
+                f"{tmp}/out", fmt == "nii.gz", result))
+            exports[fmt] = seconds, torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"), result[-1]
     last = result[-1]
     load = os.getloadavg()
     name = torch.cuda.get_device_name() if cuda else "CPU"
@@ -134,10 +139,10 @@ def main() -> None:
           f"{args.torch_dtype}; built in {build_seconds:.1f} s; {os.cpu_count()} CPUs, load {load[0]:.2f}")
     print(f"{args.runs} runs x {args.run_tokens} tokens, batch {args.batch_size}, site {args.site} "
           f"({last.n_neurons} neurons, {last.n_neurons * 4 / 1e6:.2f} MB per token as float32), best of {args.repeats}")
-    print(f"trunk  {n_tokens / t_trunk:10.0f} tokens/s   peak GPU memory {trunk_peak:6.1f} GiB")
-    print(f"export {n_tokens / t_export:10.0f} tokens/s   peak GPU memory {export_peak:6.1f} GiB   "
-          f"{last.bytes_written / t_export / 1e6:.0f} MB/s written")
-    print(f"export / trunk {t_trunk / t_export:.2f}")
+    print(f"trunk          {n_tokens / t_trunk:10.0f} tokens/s   peak GPU memory {trunk_peak:6.1f} GiB")
+    for fmt, (t_export, export_peak, written) in exports.items():
+        print(f"export .{fmt:<6} {n_tokens / t_export:10.0f} tokens/s   peak GPU memory {export_peak:6.1f} GiB   "
+              f"{written.bytes_written / t_export / 1e6:.0f} MB/s written   export / trunk {t_trunk / t_export:.2f}")
 
 
 if __name__ == "__main__":
