@@ -70,7 +70,7 @@ def _mask_eval(loaded, mask, args, full_passes: bool):
 
     with mock.patch.object(workflow, "LayerInputs", _FullPasses) if full_passes else contextlib.nullcontext():
         result = workflow.mask_eval(loaded, mask, max_tokens=args.tokens, context=args.context,
-                                    batch_size=args.batch_size, random_controls=args.controls, union=False,
+                                    batch_size=args.batch_size, random_controls=args.controls, variance_ranked=False,
                                     progress=False)
     return [result.baseline, result.conditions]
 

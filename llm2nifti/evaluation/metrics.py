@@ -29,6 +29,52 @@ def check_language_model(module, context: int, bos: bool) -> None:
                              "smaller one")
 
 
+#: Positions reduced at a time by :func:`next_token_scores`: a block of a large vocabulary's logits (16 x 49152
+#: float32 values for SmolLM2, 3 MB) stays in cache for the four passes over it.
+SCORED_POSITIONS_PER_BLOCK = 16
+
+
+@torch.inference_mode()
+def next_token_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
+    """Summed next-token loss and number of top-1 hits: cross-entropy and argmax, without a copy of ``logits``.
+
+    Parameters
+    ----------
+    logits : Tensor of shape (batch, positions, vocabulary)
+        Any dtype (reduced in float32), any strides.
+    targets : Tensor of shape (batch, positions)
+        The token each position predicts.
+
+    Returns
+    -------
+    loss : float
+        The sum over positions of ``logsumexp(logits) - logits[target]`` (nats),
+        what ``cross_entropy(..., reduction="sum")`` gives; NaN where a logit is.
+    correct : int
+        Positions whose target is the first of their largest logits (``argmax``).
+
+    Notes
+    -----
+    A block of positions at a time is read while it is in cache: its largest
+    logit and where it is, the sum of exponentials relative to it, and the
+    target logits. Cross-entropy over the flattened logits would copy them
+    (they are not contiguous once the unscored positions are sliced off) and
+    write their log-softmax, and argmax would read them once more, from memory
+    each time: for SmolLM2 this took about 3.5 times as long.
+    """
+    loss, correct = torch.zeros((), dtype=torch.float64), 0
+    for row in range(logits.shape[0]):
+        for start in range(0, logits.shape[1], SCORED_POSITIONS_PER_BLOCK):
+            block = logits[row, start:start + SCORED_POSITIONS_PER_BLOCK].float()
+            block_targets = targets[row, start:start + SCORED_POSITIONS_PER_BLOCK]
+            largest, predicted = block.max(-1)
+            log_sum_exp = largest + (block - largest[:, None]).exp_().sum(-1).log_()
+            target_logits = block.gather(-1, block_targets[:, None])[:, 0]
+            loss += (log_sum_exp - target_logits).sum(dtype=torch.float64)
+            correct += int((predicted == block_targets).sum())
+    return loss.item(), correct
+
+
 @torch.inference_mode()
 def language_model_metrics(model, windows: np.ndarray, bos: int | None = None, batch_size: int = 4,
                            device: str = "cpu", *, start_layer: int = 0, layer_inputs: LayerInputs | None = None
@@ -54,11 +100,9 @@ def language_model_metrics(model, windows: np.ndarray, bos: int | None = None, b
         inputs, offset = with_bos(ids, bos)
         forward = model if layer_inputs is None else functools.partial(layer_inputs, start_layer)
         logits = forward(input_ids=inputs.to(device), attention_mask=torch.ones_like(inputs).to(device)).logits
-        logits = logits[:, offset:-1].float()
         targets = ids[:, 1:].to(logits.device)
-        loss_sum += torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
-        correct += int((logits.argmax(-1) == targets).sum())
-        count += targets.numel()
+        batch_loss, batch_correct = next_token_scores(logits[:, offset:-1], targets)
+        loss_sum, correct, count = loss_sum + batch_loss, correct + batch_correct, count + targets.numel()
     loss = loss_sum / count
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "accuracy": correct / count}
 
