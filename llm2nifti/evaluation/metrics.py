@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -77,8 +78,8 @@ def next_token_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[floa
 
 @torch.inference_mode()
 def language_model_metrics(model, windows: np.ndarray, bos: int | None = None, batch_size: int = 4,
-                           device: str = "cpu", *, start_layer: int = 0, layer_inputs: LayerInputs | None = None
-                           ) -> dict:
+                           device: str = "cpu", *, start_layer: int = 0, layer_inputs: LayerInputs | None = None,
+                           around_batch=None) -> dict:
     """Mean next-token loss, perplexity and top-1 accuracy over token windows.
 
     Within each window, token ``t`` is predicted from tokens ``< t`` (and a BOS
@@ -89,6 +90,12 @@ def language_model_metrics(model, windows: np.ndarray, bos: int | None = None, b
     recomputed: their unedited output, computed once per batch of windows and
     kept, is used. Valid when edits (masks) touch layers ``k`` and above only.
 
+    ``around_batch(start, batch, offset)``, when given, is called for each
+    batch of windows (``batch = windows[start:start + batch_size]``, ``offset``
+    positions before each window's first token) and returns a context manager
+    entered around that batch's forward pass: hooks in it see the pass (for
+    example :func:`llm2nifti.recording.recording`).
+
     Returns
     -------
     dict
@@ -96,10 +103,12 @@ def language_model_metrics(model, windows: np.ndarray, bos: int | None = None, b
     """
     loss_sum, correct, count = 0.0, 0, 0
     for start in range(0, len(windows), batch_size):
-        ids = torch.as_tensor(windows[start:start + batch_size], dtype=torch.long)
+        batch = windows[start:start + batch_size]
+        ids = torch.as_tensor(batch, dtype=torch.long)
         inputs, offset = with_bos(ids, bos)
         forward = model if layer_inputs is None else functools.partial(layer_inputs, start_layer)
-        logits = forward(input_ids=inputs.to(device), attention_mask=torch.ones_like(inputs).to(device)).logits
+        with contextlib.nullcontext() if around_batch is None else around_batch(start, batch, offset):
+            logits = forward(input_ids=inputs.to(device), attention_mask=torch.ones_like(inputs).to(device)).logits
         targets = ids[:, 1:].to(logits.device)
         batch_loss, batch_correct = next_token_scores(logits[:, offset:-1], targets)
         loss_sum, correct, count = loss_sum + batch_loss, correct + batch_correct, count + targets.numel()
