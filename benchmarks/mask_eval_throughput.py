@@ -92,7 +92,8 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--controls", type=int, default=3, help="random controls per condition (mask-eval's default)")
+    parser.add_argument("--controls", type=int, default=10,
+                        help="random controls per condition (mask-eval's default is 20)")
     parser.add_argument("--site", default="mlp.hidden")
     args = parser.parse_args()
 
