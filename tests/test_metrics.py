@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import ARCHS, make_tiny
 
+from llm2nifti.evaluation import metrics as metrics_module
 from llm2nifti.evaluation.metrics import language_model_metrics, next_token_scores
 from llm2nifti.recording import with_bos
 from llm2nifti.text import bos_token_id
@@ -19,9 +20,11 @@ def _reference_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[floa
     return loss, int((logits.argmax(-1) == targets).sum())
 
 
+@pytest.mark.parametrize("block_logits", [1, 3 * 101, metrics_module.SCORED_LOGITS_PER_BLOCK])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n_positions", [1, 7, 37])
-def test_scores_equal_cross_entropy_and_argmax(dtype, n_positions):
+def test_scores_equal_cross_entropy_and_argmax(dtype, n_positions, block_logits, monkeypatch):
+    monkeypatch.setattr(metrics_module, "SCORED_LOGITS_PER_BLOCK", block_logits)  # 1, 3 or every position a block
     generator = torch.Generator().manual_seed(n_positions)
     logits = (torch.randn(3, n_positions + 2, 101, generator=generator) * 8).to(dtype)
     logits[0, 1, 5:9] = logits[0, 1].max() + 1  # a tie: the first index wins, as with argmax
