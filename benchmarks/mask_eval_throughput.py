@@ -13,6 +13,8 @@ Loss and accuracy must be identical between ``full`` and ``kept``. Then, end to
 end, ``mask_eval`` itself (baseline, one condition confined to the layer, and
 ``--controls`` random controls) as it runs now and with every pass made in full
 (as before), with identical results required. Timings are best of ``--repeats``.
+The mask is bare (no export): in both, its per-neuron statistics are recorded by
+the baseline's passes over the evaluation text.
 
 Usage::
 

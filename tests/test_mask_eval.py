@@ -537,6 +537,20 @@ def test_statistics_share_the_baseline_pass_only_over_whole_batches(loaded, mask
     assert "computed on 64 tokens" in result.settings["Statistics"]
 
 
+def test_the_baseline_keeps_the_states_every_condition_and_control_starts_from(loaded, text_file, monkeypatch):
+    from llm2nifti.evaluation.prefix import LayerInputs
+
+    captured = []
+    real = LayerInputs._capture
+    monkeypatch.setattr(LayerInputs, "_capture", lambda self, *args: (captured.append(args[0]), real(self, *args))[1])
+    upper = NeuronMask({"C0": [(1, 3), (2, 4)], "C1": [(2, 5), (2, 6)]}, 3, 16,
+                       {**loaded.provenance, "Site": "mlp.out"})
+    result = mask_eval(loaded, upper, text=str(text_file), random_controls=2, control="layer",
+                       **{**FAST, "conditions": "components", "variance_ranked": True})
+    assert [c["name"] for c in result.conditions] == ["C0", "C1", "variance-ranked"]
+    assert not captured  # no pass stopped early to compute the states entering its first masked layer
+
+
 def test_a_bare_table_with_its_export_is_held_out_and_uses_the_exports_statistics(tiny_export, tmp_path):
     from conftest import make_tiny
 

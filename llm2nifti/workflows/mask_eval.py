@@ -356,7 +356,9 @@ def _start_layers(mask: NeuronMask, names: list[str], opts: _Options, n_layers: 
     starts where the union does, and so do the layer-matched controls.
     """
     sets = [condition for _, condition in _conditions(mask, names, opts.conditions, None, False)]
-    return {_first_edited_layer(s, opts.mode, n_layers, n_neurons) for s in [*sets, mask.union(names)]}
+    if opts.variance_ranked:
+        sets.append(mask.union(names))
+    return {_first_edited_layer(s, opts.mode, n_layers, n_neurons) for s in sets}
 
 
 def _conditions(mask: NeuronMask, names: list[str], which: str, statistics: NeuronTable | None,
