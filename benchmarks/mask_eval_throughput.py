@@ -13,6 +13,8 @@ Loss and accuracy must be identical between ``full`` and ``kept``. Then, end to
 end, ``mask_eval`` itself (baseline, one condition confined to the layer, and
 ``--controls`` random controls) as it runs now and with every pass made in full
 (as before), with identical results required. Timings are best of ``--repeats``.
+The mask is bare (no export): in both, its per-neuron statistics are recorded by
+the baseline's passes over the evaluation text.
 
 Usage::
 
@@ -70,7 +72,7 @@ def _mask_eval(loaded, mask, args, full_passes: bool):
 
     with mock.patch.object(workflow, "LayerInputs", _FullPasses) if full_passes else contextlib.nullcontext():
         result = workflow.mask_eval(loaded, mask, max_tokens=args.tokens, context=args.context,
-                                    batch_size=args.batch_size, random_controls=args.controls, union=False,
+                                    batch_size=args.batch_size, random_controls=args.controls, variance_ranked=False,
                                     progress=False)
     return [result.baseline, result.conditions]
 
@@ -92,7 +94,8 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--controls", type=int, default=3, help="random controls per condition (mask-eval's default)")
+    parser.add_argument("--controls", type=int, default=10,
+                        help="random controls per condition (mask-eval's default is 20)")
     parser.add_argument("--site", default="mlp.hidden")
     args = parser.parse_args()
 

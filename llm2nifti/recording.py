@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -41,19 +44,37 @@ def record(model, blocks: Blocks, site: str, input_ids: np.ndarray, bos_id: int 
     ndarray of shape (batch, tokens, n_layers * n_neurons), float32
         Column ``layer * n_neurons + neuron``.
     """
-    batch, n_tokens = input_ids.shape
-    n_neurons = blocks.n_neurons(site)
-    out = np.empty((batch, n_tokens, blocks.n_layers, n_neurons), dtype=np.float32)
     ids, offset = with_bos(torch.as_tensor(input_ids, dtype=torch.long), bos_id)
+    with recording(blocks, site, input_ids.shape, offset) as out:
+        trunk(model)(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device))
+    return out
 
+
+@contextlib.contextmanager
+def recording(blocks: Blocks, site: str, shape: tuple[int, int], offset: int = 0) -> Iterator[np.ndarray]:
+    """Within the ``with`` block, a forward pass over a batch of windows writes its activations at ``site``.
+
+    Parameters
+    ----------
+    shape : (batch, tokens)
+        The batch of windows the pass computes, without the BOS.
+    offset : int
+        Positions before each window's first token (1 for a prepended BOS).
+
+    Yields
+    ------
+    ndarray of shape (batch, tokens, n_layers * n_neurons), float32
+        Filled by the pass, column ``layer * n_neurons + neuron``.
+    """
+    batch, n_tokens = shape
+    out = np.empty((batch, n_tokens, blocks.n_layers, blocks.n_neurons(site)), dtype=np.float32)
     target = torch.from_numpy(out)
 
     def grab(layer, tensor):
         target[:, :, layer, :].copy_(tensor[:, offset:, :])  # torch's strided copy is far faster than numpy's
 
     with site_hooks(blocks, site, grab):
-        trunk(model)(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device))
-    return out.reshape(batch, n_tokens, -1)
+        yield out.reshape(batch, n_tokens, -1)
 
 
 def record_runs(model, blocks: Blocks, site: str, run_ids: np.ndarray, context: int, batch_size: int,

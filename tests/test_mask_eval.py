@@ -486,10 +486,10 @@ def test_an_interrupted_mask_eval_resumes_reusing_its_baseline_and_finished_cond
     baselines = []
     real_measure = workflow._Evaluator.measure
 
-    def measure(self, condition):
+    def measure(self, condition, **kwargs):
         if condition is None:
             baselines.append(1)
-        return real_measure(self, condition)
+        return real_measure(self, condition, **kwargs)
 
     monkeypatch.setattr(workflow, "_measure_condition", lambda evaluator, name, *args: (
         measured.append(name), real(evaluator, name, *args))[1])
@@ -502,6 +502,53 @@ def test_an_interrupted_mask_eval_resumes_reusing_its_baseline_and_finished_cond
     assert sorted(p.name for p in out.iterdir()) == OUTPUT_FILES and not staging.exists()
     fresh = mask_eval(loaded, mask, **{**kwargs, "out": None})
     assert [c["loss"] for c in fresh.conditions] == pytest.approx([c["loss"] for c in result.conditions])
+
+
+# -- statistics recorded by the baseline pass ----------------------------------------------------
+def _count_statistics_passes(monkeypatch) -> list:
+    passes = []
+    real = workflow.record_activations
+    monkeypatch.setattr(workflow, "record_activations", lambda *args, **kwargs: (passes.append(1),
+                                                                                 real(*args, **kwargs))[1])
+    return passes
+
+
+def test_statistics_recorded_by_the_baseline_pass_give_identical_results(loaded, mask, text_file, monkeypatch):
+    kwargs = dict(text=str(text_file), random_controls=3, **{**FAST, "variance_ranked": True})
+    passes = _count_statistics_passes(monkeypatch)
+    shared = mask_eval(loaded, mask, **kwargs).to_dict()
+    assert not passes  # the baseline pass recorded them
+    monkeypatch.setattr(workflow, "_leading_batches", lambda *args: False)
+    separate = mask_eval(loaded, mask, **kwargs).to_dict()
+    assert passes
+    assert shared == separate
+    assert "computed on 96 tokens of the evaluation text" in shared["settings"]["Statistics"]
+
+
+@pytest.mark.parametrize(("batch_size", "separate_pass"), [(2, False), (3, True), (1, False)])
+def test_statistics_share_the_baseline_pass_only_over_whole_batches(loaded, mask, text_file, monkeypatch,
+                                                                    batch_size, separate_pass):
+    from llm2nifti.evaluation import heldout
+
+    monkeypatch.setattr(heldout, "MEAN_REFERENCE_TOKENS", 64)  # statistics on the first 2 of 3 windows
+    passes = _count_statistics_passes(monkeypatch)
+    result = mask_eval(loaded, mask, text=str(text_file), random_controls=1, **{**FAST, "batch_size": batch_size})
+    assert bool(passes) == separate_pass
+    assert "computed on 64 tokens" in result.settings["Statistics"]
+
+
+def test_the_baseline_keeps_the_states_every_condition_and_control_starts_from(loaded, text_file, monkeypatch):
+    from llm2nifti.evaluation.prefix import LayerInputs
+
+    captured = []
+    real = LayerInputs._capture
+    monkeypatch.setattr(LayerInputs, "_capture", lambda self, *args: (captured.append(args[0]), real(self, *args))[1])
+    upper = NeuronMask({"C0": [(1, 3), (2, 4)], "C1": [(2, 5), (2, 6)]}, 3, 16,
+                       {**loaded.provenance, "Site": "mlp.out"})
+    result = mask_eval(loaded, upper, text=str(text_file), random_controls=2, control="layer",
+                       **{**FAST, "conditions": "components", "variance_ranked": True})
+    assert [c["name"] for c in result.conditions] == ["C0", "C1", "variance-ranked"]
+    assert not captured  # no pass stopped early to compute the states entering its first masked layer
 
 
 def test_a_bare_table_with_its_export_is_held_out_and_uses_the_exports_statistics(tiny_export, tmp_path):

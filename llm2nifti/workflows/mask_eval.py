@@ -42,6 +42,7 @@ from ..models import DEFAULT_MODEL, LoadedModel, check_model_placement, load_mod
 from ..neuronmask import NeuronMask
 from ..neuronstats import NeuronStats, NeuronTable
 from ..recording import record as record_activations
+from ..recording import recording as record_into
 from ..sites import DEFAULT_SITE, SITES, Blocks, check_site, find_blocks
 from ..text import bos_token_id
 from ..transaction import OutputTransaction
@@ -319,7 +320,8 @@ class _Evaluator:
     means: np.ndarray | None = None
     layer_inputs: LayerInputs | None = None  # hidden states below the first masked layer, computed once
 
-    def measure(self, condition: NeuronMask | None) -> dict:
+    def measure(self, condition: NeuronMask | None, around_batch=None) -> dict:
+        """The metrics with ``condition`` applied; ``around_batch`` as in :func:`language_model_metrics`."""
         opts = self.options
         masked = contextlib.nullcontext() if condition is None else apply_mask(
             self.loaded, condition, opts.mode, site=self.site, factor=opts.factor, value=opts.value,
@@ -329,7 +331,8 @@ class _Evaluator:
             # the unmasked baseline keeps the planned states; a pass masked from layer 0 needs none
             inputs = self.layer_inputs if condition is None or start > 0 else None
             metrics = language_model_metrics(self.loaded.model, self.text.windows, self.bos, opts.batch_size,
-                                             self.device, start_layer=start, layer_inputs=inputs)
+                                             self.device, start_layer=start, layer_inputs=inputs,
+                                             around_batch=around_batch)
             if self.tasks:
                 metrics["tasks"] = {t.name: choice_accuracy(self.loaded.model, self.loaded.tokenizer, t, self.bos,
                                                             self.device) for t in self.tasks}
@@ -344,6 +347,18 @@ def _first_edited_layer(condition: NeuronMask, mode: str, n_layers: int, n_neuro
     """
     edited = [layer for layer, idx in edit_indices(condition, mode, n_layers, n_neurons).items() if len(idx)]
     return min(edited, default=0)
+
+
+def _start_layers(mask: NeuronMask, names: list[str], opts: _Options, n_layers: int, n_neurons: int) -> set[int]:
+    """Where the conditions' passes start, known before the statistics (:meth:`LayerInputs.plan`).
+
+    The variance-ranked reference has the union's per-layer counts, so it
+    starts where the union does, and so do the layer-matched controls.
+    """
+    sets = [condition for _, condition in _conditions(mask, names, opts.conditions, None, False)]
+    if opts.variance_ranked:
+        sets.append(mask.union(names))
+    return {_first_edited_layer(s, opts.mode, n_layers, n_neurons) for s in sets}
 
 
 def _conditions(mask: NeuronMask, names: list[str], which: str, statistics: NeuronTable | None,
@@ -394,24 +409,24 @@ def _measure_condition(evaluator: _Evaluator, name: str, condition: NeuronMask, 
 
 
 def _measure_all(evaluator: _Evaluator, conditions, statistics: NeuronTable | None, progress: bool,
-                 previous: dict | None = None, save=None):
+                 previous: dict | None = None, save=None, baseline: dict | None = None):
     """The baseline, then each condition followed by its controls; ``save(baseline, rows)`` after each.
 
     ``previous`` (a resumed run's ``baseline`` and ``conditions``) is reused: its baseline and every
-    condition it finished are not measured again.
+    condition it finished are not measured again. ``baseline``, when given, was measured already.
     """
     opts = evaluator.options
     done = {row["name"]: row for row in (previous or {}).get("conditions", [])}
     todo = [(name, c) for name, c in conditions if name not in done]
-    total = (previous is None) + len(todo) * (1 + opts.random_controls)
+    if previous is not None:
+        baseline = previous["baseline"]
+    total = (baseline is None) + len(todo) * (1 + opts.random_controls)
     with progress_bar(total, desc="mask-eval", unit="eval", enabled=progress) as bar:
-        if previous is None:
+        if baseline is None:
             baseline = evaluator.measure(None)
             bar.update()
-            if save is not None:
-                save(baseline, [])
-        else:
-            baseline = previous["baseline"]
+        if previous is None and save is not None:
+            save(baseline, [])
         rows = []
         for name, condition in conditions:
             rows.append(done[name] if name in done else
@@ -477,26 +492,99 @@ def _text_provenance(mask: NeuronMask, export_dir: Path | None) -> dict:
     return {**{k: record.get(k) for k in keys}, **{k: v for k, v in mask.provenance.items() if v is not None}}
 
 
-def _statistics(evaluator: _Evaluator, export_dir: Path | None, n_layers: int, n_neurons: int) -> NeuronTable:
-    """Per-neuron statistics of the site: the export's ``neuron_stats.tsv``, else computed on reference text."""
-    if export_dir is not None and (export_dir / NEURON_STATS).is_file():
-        if read_export_record(export_dir).grid.site == evaluator.site:
-            table = read_neuron_stats(export_dir / NEURON_STATS, n_layers, n_neurons)
-            record = read_export_record(export_dir)
-            return NeuronTable(*[getattr(table, f) for f in ("n_layers", "n_neurons", "mean", "std", "max_abs",
-                                                             "massive")],
-                               f"export {export_dir} ({NEURON_STATS})", record.n_runs * record.run_tokens)
+def _export_statistics(export_dir: Path | None, site: str, n_layers: int, n_neurons: int) -> NeuronTable | None:
+    """The export's ``neuron_stats.tsv`` when it has one for ``site``; ``None`` otherwise."""
+    if export_dir is None or not (export_dir / NEURON_STATS).is_file():
+        return None
+    record = read_export_record(export_dir)
+    if record.grid.site != site:
+        return None
+    table = read_neuron_stats(export_dir / NEURON_STATS, n_layers, n_neurons)
+    return NeuronTable(*[getattr(table, f) for f in ("n_layers", "n_neurons", "mean", "std", "max_abs", "massive")],
+                       f"export {export_dir} ({NEURON_STATS})", record.n_runs * record.run_tokens)
+
+
+def _statistics_windows(evaluator: _Evaluator) -> np.ndarray:
+    """The windows of reference text whose activations give the statistics when no export has them."""
     tokens = evaluator.text.reference
     context = min(evaluator.options.context, len(tokens))
-    windows = tokens[: len(tokens) // context * context].reshape(-1, context)
-    stats = NeuronStats.empty(n_layers * n_neurons)
-    for start in range(0, len(windows), evaluator.options.batch_size):
-        acts = record_activations(evaluator.loaded.model, evaluator.blocks, evaluator.site,
-                      windows[start:start + evaluator.options.batch_size], evaluator.bos, evaluator.device)
-        stats.add(NeuronStats.of(acts.reshape(-1, acts.shape[-1])))
+    return tokens[: len(tokens) // context * context].reshape(-1, context)
+
+
+def _leading_batches(windows: np.ndarray, evaluated: np.ndarray, batch_size: int) -> bool:
+    """Whether ``windows`` are the first whole batches of ``evaluated`` (or all of it).
+
+    The baseline's forward passes over those batches then compute exactly the
+    activations a separate pass over ``windows`` would: same tokens, same batches.
+    """
+    n = len(windows)
+    return (windows.shape[1:] == evaluated.shape[1:] and n <= len(evaluated)
+            and (n % batch_size == 0 or n == len(evaluated)) and np.array_equal(windows, evaluated[:n]))
+
+
+def _add_activations(stats: NeuronStats, acts: np.ndarray) -> None:
+    stats.add(NeuronStats.of(acts.reshape(-1, acts.shape[-1])))
+
+
+@contextlib.contextmanager
+def _adding_activations(stats: NeuronStats, evaluator: _Evaluator, batch: np.ndarray, offset: int):
+    """Add the site's activations of the forward pass over ``batch`` made within the ``with`` block to ``stats``."""
+    with record_into(evaluator.blocks, evaluator.site, batch.shape, offset) as acts:
+        yield
+    _add_activations(stats, acts)
+
+
+def _statistics_table(stats: NeuronStats, evaluator: _Evaluator, n_layers: int, n_neurons: int) -> NeuronTable:
     which = "the export's own tokens" if evaluator.text.held_out else "the evaluation text (no export found)"
     return NeuronTable.from_stats(stats, n_layers, n_neurons,
                                   f"computed on {stats.count} tokens of {which}, {evaluator.text.source}")
+
+
+def _computed_statistics(evaluator: _Evaluator, n_layers: int, n_neurons: int) -> NeuronTable:
+    """Per-neuron statistics of the site from forward passes of their own over the reference text."""
+    windows = _statistics_windows(evaluator)
+    stats = NeuronStats.empty(n_layers * n_neurons)
+    for start in range(0, len(windows), evaluator.options.batch_size):
+        _add_activations(stats, record_activations(evaluator.loaded.model, evaluator.blocks, evaluator.site,
+                                                   windows[start:start + evaluator.options.batch_size],
+                                                   evaluator.bos, evaluator.device))
+    return _statistics_table(stats, evaluator, n_layers, n_neurons)
+
+
+def _baseline_with_statistics(evaluator: _Evaluator, n_layers: int, n_neurons: int) -> tuple[dict, NeuronTable]:
+    """The baseline, and the per-neuron statistics recorded by its forward passes over their windows.
+
+    Only for statistics windows that are the evaluation's first whole batches
+    (:func:`_leading_batches`): a pass of their own would compute the same.
+    """
+    n_windows = len(_statistics_windows(evaluator))
+    stats = NeuronStats.empty(n_layers * n_neurons)
+
+    def around_batch(start: int, batch: np.ndarray, offset: int):
+        if start >= n_windows:
+            return contextlib.nullcontext()
+        return _adding_activations(stats, evaluator, batch, offset)
+
+    baseline = evaluator.measure(None, around_batch=around_batch)
+    return baseline, _statistics_table(stats, evaluator, n_layers, n_neurons)
+
+
+def _baseline_and_statistics(evaluator: _Evaluator, export_dir: Path | None, n_layers: int, n_neurons: int,
+                             resuming: bool) -> tuple[dict | None, NeuronTable]:
+    """Per-neuron statistics of the site, and the baseline when the same forward passes measured it.
+
+    The statistics are the export's ``neuron_stats.tsv`` when it has them,
+    else computed on reference text: by the baseline's own passes when that
+    text is the evaluation's first batches (and the baseline is not reused
+    from an interrupted run), else by passes of their own (no baseline then).
+    """
+    statistics = _export_statistics(export_dir, evaluator.site, n_layers, n_neurons)
+    if statistics is not None:
+        return None, statistics
+    if not resuming and _leading_batches(_statistics_windows(evaluator), evaluator.text.windows,
+                                         evaluator.options.batch_size):
+        return _baseline_with_statistics(evaluator, n_layers, n_neurons)
+    return None, _computed_statistics(evaluator, n_layers, n_neurons)
 
 
 def _evaluate(model, masks, components, tasks, opts: _Options, device: str, progress: bool, export=None,
@@ -524,10 +612,12 @@ def _evaluate(model, masks, components, tasks, opts: _Options, device: str, prog
         evaluator.means = neuron_means(loaded, site, token_ids=text.reference, batch_size=opts.batch_size,
                                        blocks=found, context=min(opts.context, len(text.reference)),
                                        device=run_device)
-    statistics = _statistics(evaluator, export_dir, n_layers, n_neurons)
+    layer_inputs.plan(_start_layers(mask, names, opts, n_layers, n_neurons))
+    resuming = tx is not None and tx.adopted
+    baseline, statistics = _baseline_and_statistics(evaluator, export_dir, n_layers, n_neurons, resuming)
     settings = _settings(evaluator, masks, mask, statistics, export_dir)
     previous = None
-    if tx is not None and tx.adopted:
+    if resuming:
         previous = maskeval.read_partial(tx.staging)
         changed = [k for k in settings if k != "llm2niftiVersion" and previous["settings"].get(k) != settings[k]]
         if changed:
@@ -538,8 +628,7 @@ def _evaluate(model, masks, components, tasks, opts: _Options, device: str, prog
             maskeval.write_partial(tx.staging, {"baseline": baseline, "conditions": rows, "settings": settings})
 
     conditions = _conditions(mask, names, opts.conditions, statistics, opts.variance_ranked)
-    layer_inputs.plan(_first_edited_layer(condition, opts.mode, n_layers, n_neurons) for _, condition in conditions)
-    baseline, rows = _measure_all(evaluator, conditions, statistics, progress, previous, save)
+    baseline, rows = _measure_all(evaluator, conditions, statistics, progress, previous, save, baseline)
     return MaskEvalResult(baseline, rows, settings)
 
 
