@@ -70,6 +70,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import shutil
+import tempfile
 import time
 import types
 import warnings
@@ -78,8 +80,9 @@ from pathlib import Path
 import numpy as np
 
 from .checks import check_bool, check_choice, check_float, check_int, check_path
+from .cluster import joblib_on_cluster
 from .console import log, progress_bar
-from .errors import Llm2niftiError, ParameterError
+from .errors import DamagedFileError, Llm2niftiError, ParameterError
 from .formats import nifti
 from .formats.export import Export, open_export
 from .formats.template import is_template
@@ -201,6 +204,112 @@ def open_runs(export, runs=None, *, param: str = "export") -> Export:
         export = open_export(root, param=param)
     selected = parse_index_list(runs, "runs", what="run")
     return export if selected is None else export.select(selected)
+
+
+# -- reading the runs once -------------------------------------------------------------------
+#: Suffixes of the compressed files nibabel reads (and decompresses on every read).
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst")
+#: Token rows of a run are projected on the maps in float64 blocks of about this many values.
+PROJECTION_BLOCK_VALUES = 2**21
+
+
+@contextlib.contextmanager
+def uncompressed_runs(paths, *, copy: bool = True):
+    """The run images as files that are read without decompressing them: each compressed one decompressed once.
+
+    nilearn's fit reads every run, and the time courses read them again;
+    from a compressed file every read decompresses it anew, which costs about
+    as much as masking it. Inside the block each compressed image is a
+    byte-for-byte decompressed copy in a temporary directory, which takes
+    the runs' uncompressed size on disk and is removed on exit; an
+    uncompressed image is its own path.
+
+    Parameters
+    ----------
+    paths : iterable of str or Path
+        Run images (their names distinct, as an export's are).
+    copy : bool
+        Decompress; ``False`` yields ``paths`` as they are (for workers that
+        may not see this machine's temporary directory).
+
+    Yields
+    ------
+    list of Path
+        In the order of ``paths``.
+
+    Raises
+    ------
+    DamagedFileError
+        For a compressed image whose stream is damaged.
+    """
+    paths = [Path(p) for p in paths]
+    if not copy or not any(p.suffix in COMPRESSED_SUFFIXES for p in paths):
+        yield paths
+        return
+    with tempfile.TemporaryDirectory(prefix="llm2nifti-runs-") as directory:
+        yield [_decompressed(p, Path(directory)) if p.suffix in COMPRESSED_SUFFIXES else p for p in paths]
+
+
+def _decompressed(path: Path, directory: Path) -> Path:
+    """``path`` decompressed into ``directory``, named without its compression suffix."""
+    from nibabel.openers import Opener
+
+    target = directory / path.stem
+    try:
+        with Opener(str(path)) as source, open(target, "wb") as sink:
+            shutil.copyfileobj(source, sink, 1 << 20)
+    except (EOFError, ValueError, OSError) as err:
+        if not path.is_file():
+            raise
+        raise DamagedFileError(f"{path}: cannot be decompressed ({err}); the file is damaged") from None
+    return target
+
+
+def least_squares_timecourses(paths, maps: np.ndarray, layout) -> list[np.ndarray]:
+    """Each run's least-squares time courses on ``maps``: what nilearn's ``transform`` computes, one read a run.
+
+    nilearn's :class:`~nilearn.maskers.NiftiMapsMasker` solves
+    ``lstsq(maps.T, run.T)`` for every run (non-finite values read as 0);
+    here the pseudo-inverse of the maps is computed once and each run is
+    projected on it, in float64, a block of tokens at a time. The time
+    courses have nilearn's dtype: float32 for float32 runs and maps.
+
+    Parameters
+    ----------
+    paths : iterable of str or Path
+        4D run images on ``layout``'s grid (an uncompressed one is memory-mapped).
+    maps : ndarray of shape (n_components, n_layers * n_neurons)
+        In neuron-id order.
+    layout : NeuronLayout
+
+    Returns
+    -------
+    list of ndarray of shape (n_tokens, n_components)
+    """
+    projector = np.linalg.pinv(np.asarray(maps, dtype=np.float64).T)
+    timecourses = []
+    for path in paths:
+        tokens = _run_tokens(path, layout)
+        timecourses.append(_projected(tokens, projector).astype(np.result_type(maps, tokens), copy=False))
+    return timecourses
+
+
+def _run_tokens(path, layout) -> np.ndarray:
+    """One run's tokens x neurons (neuron-id order), non-finite values as 0."""
+    import nibabel as nib
+
+    image = nib.load(str(path))
+    by_voxel = np.asanyarray(image.dataobj).reshape(-1, image.shape[-1], order="F")  # NIfTI's voxel order
+    voxels = np.ravel_multi_index(tuple(layout.voxels.T), layout.shape, order="F")
+    tokens = np.take(by_voxel.T, voxels, axis=1)
+    return np.nan_to_num(tokens, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _projected(tokens: np.ndarray, projector: np.ndarray) -> np.ndarray:
+    """``tokens @ projector.T`` in float64, without a float64 copy of all the tokens at once."""
+    step = max(1, PROJECTION_BLOCK_VALUES // tokens.shape[1])
+    return np.concatenate([tokens[start:start + step].astype(np.float64) @ projector.T
+                           for start in range(0, len(tokens), step)])
 
 
 # -- arrays ---------------------------------------------------------------------------------
@@ -664,12 +773,15 @@ class NeuronICA:
 
     def _fit_nilearn(self, export: Export, score: bool, timecourses: bool, progress: bool) -> None:
         estimator = self.make_estimator(export.paths.mask, export.repetition_time)
-        imgs = [str(p) for p in export.run_paths]
         restarts = []
         started = time.perf_counter()
+        # the fit and the time courses read the runs: decompressed once, unless cluster workers read them
         with _recorded_warnings() as caught, \
+                uncompressed_runs(export.run_paths, copy=not joblib_on_cluster()) as runs, \
                 progress_bar(int(self.n_init), desc="FastICA restarts", unit="restart",
                              enabled=progress and self.method == "canica") as bar:
+            imgs = [str(p) for p in runs]
+
             def on_result(i, result):
                 restarts.append(result[3:5])
                 bar.update()
@@ -686,7 +798,9 @@ class NeuronICA:
             finally:
                 estimator.__dict__.pop("_unmix_components", None)
             self.fit_seconds_ = time.perf_counter() - started
-            self.timecourses_ = estimator.transform(imgs) if timecourses else None
+            self.components_ = to_neuron_order(estimator.components_, export.layout)
+            self.timecourses_ = (least_squares_timecourses(runs, self.components_, export.layout)
+                                 if timecourses else None)
             self.explained_variance_ = (np.asarray(estimator.score(imgs, per_component=True), dtype=float)
                                         if score else None)
         n_warnings = _pass_on(caught)
@@ -701,7 +815,6 @@ class NeuronICA:
                 log.warning("scikit-learn's sparse coding (inside nilearn's DictLearning) reported %d convergence "
                             "warnings; the maps may change with `random_state` or `alpha`", n_warnings)
         self.estimator_ = estimator
-        self.components_ = to_neuron_order(estimator.components_, export.layout)
 
     def _fit_temporal(self, export: Export, score: bool, timecourses: bool, progress: bool) -> None:
         temporal = self.make_estimator(None)
