@@ -209,7 +209,7 @@ def open_runs(export, runs=None, *, param: str = "export") -> Export:
 # -- reading the runs once -------------------------------------------------------------------
 #: Suffixes of the compressed files nibabel reads (and decompresses on every read).
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst")
-#: Token rows of a run are projected on the maps in float64 blocks of about this many values.
+#: Runs are read and projected on the maps in blocks of tokens of about this many values.
 PROJECTION_BLOCK_VALUES = 2**21
 
 
@@ -271,13 +271,14 @@ def least_squares_timecourses(paths, maps: np.ndarray, layout) -> list[np.ndarra
     nilearn's :class:`~nilearn.maskers.NiftiMapsMasker` solves
     ``lstsq(maps.T, run.T)`` for every run (non-finite values read as 0);
     here the pseudo-inverse of the maps is computed once and each run is
-    projected on it, in float64, a block of tokens at a time. The time
-    courses have nilearn's dtype: float32 for float32 runs and maps.
+    read and projected on it a block of tokens at a time, in float64, so
+    that no whole run is held in memory. The time courses have nilearn's
+    dtype: float32 for float32 runs and maps.
 
     Parameters
     ----------
     paths : iterable of str or Path
-        4D run images on ``layout``'s grid (an uncompressed one is memory-mapped).
+        4D run images on ``layout``'s grid.
     maps : ndarray of shape (n_components, n_layers * n_neurons)
         In neuron-id order.
     layout : NeuronLayout
@@ -287,29 +288,23 @@ def least_squares_timecourses(paths, maps: np.ndarray, layout) -> list[np.ndarra
     list of ndarray of shape (n_tokens, n_components)
     """
     projector = np.linalg.pinv(np.asarray(maps, dtype=np.float64).T)
-    timecourses = []
-    for path in paths:
-        tokens = _run_tokens(path, layout)
-        timecourses.append(_projected(tokens, projector).astype(np.result_type(maps, tokens), copy=False))
-    return timecourses
+    return [np.concatenate([(tokens.astype(np.float64) @ projector.T).astype(np.result_type(maps, tokens))
+                            for tokens in _token_blocks(path, layout)])
+            for path in paths]
 
 
-def _run_tokens(path, layout) -> np.ndarray:
-    """One run's tokens x neurons (neuron-id order), non-finite values as 0."""
+def _token_blocks(path, layout):
+    """One run's tokens x neurons (neuron-id order), a block of tokens at a time; non-finite values as 0."""
     import nibabel as nib
 
-    image = nib.load(str(path))
-    by_voxel = np.asanyarray(image.dataobj).reshape(-1, image.shape[-1], order="F")  # NIfTI's voxel order
-    voxels = np.ravel_multi_index(tuple(layout.voxels.T), layout.shape, order="F")
-    tokens = np.take(by_voxel.T, voxels, axis=1)
-    return np.nan_to_num(tokens, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _projected(tokens: np.ndarray, projector: np.ndarray) -> np.ndarray:
-    """``tokens @ projector.T`` in float64, without a float64 copy of all the tokens at once."""
-    step = max(1, PROJECTION_BLOCK_VALUES // tokens.shape[1])
-    return np.concatenate([tokens[start:start + step].astype(np.float64) @ projector.T
-                           for start in range(0, len(tokens), step)])
+    # a block of tokens is a contiguous slab of the file; an open handle reads a compressed one in one pass
+    image = nib.load(str(path), mmap=False, keep_file_open=True)
+    voxels = np.ravel_multi_index(tuple(layout.voxels.T), layout.shape, order="F")  # NIfTI's voxel order
+    step = max(1, PROJECTION_BLOCK_VALUES // voxels.size)
+    for start in range(0, image.shape[-1], step):
+        volumes = np.asanyarray(image.dataobj[..., start:start + step])
+        tokens = np.take(volumes.reshape(-1, volumes.shape[-1], order="F").T, voxels, axis=1)
+        yield np.nan_to_num(tokens, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 # -- arrays ---------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from llm2nifti.ica import (
     DEFAULTS,
     NeuronICA,
     TemporalICA,
+    least_squares_timecourses,
     open_runs,
     read_tokens,
     to_neuron_order,
@@ -116,6 +117,18 @@ def test_timecourses_are_nilearns_transform(fitted):
     for ours, nilearns in zip(ica.timecourses_, theirs):
         assert ours.shape == nilearns.shape and ours.dtype == nilearns.dtype
         np.testing.assert_allclose(ours, nilearns, rtol=1e-5, atol=1e-5 * np.abs(nilearns).max())
+
+
+def test_timecourses_read_in_blocks_of_tokens(fitted, monkeypatch):
+    """A few tokens at a time, from the compressed runs themselves, the time courses are the same."""
+    import llm2nifti.ica
+
+    ica = fitted[0].ica
+    monkeypatch.setattr(llm2nifti.ica, "PROJECTION_BLOCK_VALUES", 5 * ica.layout_.n_total)
+    blocked = least_squares_timecourses(ica.export_.run_paths, ica.components_, ica.layout_)
+    for ours, whole in zip(blocked, ica.timecourses_):
+        assert ours.dtype == whole.dtype
+        np.testing.assert_allclose(ours, whole, rtol=1e-6, atol=1e-6 * np.abs(whole).max())
 
 
 # Python's audit hooks cannot be removed: the one test that needs it switches it on and off.
