@@ -23,6 +23,7 @@ Usage::
 
     python benchmarks/ica_overhead.py [--export DIR] [--n-components 20] [--n-jobs 1]
     python benchmarks/ica_overhead.py --scaling [--scale 10] [--scaling-runs 2] [--scaling-tokens 256]
+    python benchmarks/ica_overhead.py --scaling --phases plain,wrapper     # the two phases the ratio needs
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ from pathlib import Path as _Path
 _ROOT = str(_Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:  # measure this checkout's llm2nifti, not whichever is installed
     sys.path.insert(0, _ROOT)
+
+
+PHASES = ("plain", "plain+transform", "wrapper", "wrapper+figures")
 
 
 def _phase(args) -> dict:
@@ -90,7 +94,7 @@ def _random_llama_dir(path, scale: int):
 
 
 def _table(args, label: str) -> None:
-    results = {phase: _run(args, phase) for phase in ("plain", "plain+transform", "wrapper", "wrapper+figures")}
+    results = {phase: _run(args, phase) for phase in args.phases}
     print(f"{label}")
     print(f"{'phase':<16} {'seconds':>8} {'peak RSS MB':>12} {'time / plain':>13} {'memory / plain':>15}")
     plain = results["plain"]
@@ -108,9 +112,13 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--scaling-runs", type=int, default=2)
     parser.add_argument("--scaling-tokens", type=int, default=256)
-    parser.add_argument("--phase", choices=["plain", "plain+transform", "wrapper", "wrapper+figures"],
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help="comma-separated phases to run (plain always runs first: the ratios are to it)")
+    parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.phases = ["plain", *(p for p in dict.fromkeys(args.phases.split(",")) if p != "plain")]
+    if unknown := set(args.phases) - set(PHASES):
+        parser.error(f"unknown phases {sorted(unknown)}; choose from {', '.join(PHASES)}")
     if args.phase:
         print(json.dumps(_phase(args)))
         return

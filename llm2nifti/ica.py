@@ -207,22 +207,21 @@ def open_runs(export, runs=None, *, param: str = "export") -> Export:
 
 
 # -- reading the runs once -------------------------------------------------------------------
-#: Suffixes of the compressed files nibabel reads (and decompresses on every read).
-COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst")
 #: Runs are read and projected on the maps in blocks of tokens of about this many values.
 PROJECTION_BLOCK_VALUES = 2**21
 
 
 @contextlib.contextmanager
 def uncompressed_runs(paths, *, copy: bool = True):
-    """The run images as files that are read without decompressing them: each compressed one decompressed once.
+    """The run images as files that are read without decompressing them: each gzipped one decompressed once.
 
     nilearn's fit reads every run, and the time courses read them again;
-    from a compressed file every read decompresses it anew, which costs about
-    as much as masking it. Inside the block each compressed image is a
+    from a gzipped file every read decompresses it anew, which costs about
+    as much as masking it. Inside the block each gzipped image (known by its
+    content, as :func:`llm2nifti.formats.nifti.load_image` knows it) is a
     byte-for-byte decompressed copy in a temporary directory, which takes
-    the runs' uncompressed size on disk and is removed on exit; an
-    uncompressed image is its own path.
+    the runs' uncompressed size on disk and is removed on exit; any other
+    image is its own path.
 
     Parameters
     ----------
@@ -240,28 +239,31 @@ def uncompressed_runs(paths, *, copy: bool = True):
     Raises
     ------
     DamagedFileError
-        For a compressed image whose stream is damaged.
+        For a gzipped image whose stream is damaged.
     """
     paths = [Path(p) for p in paths]
-    if not copy or not any(p.suffix in COMPRESSED_SUFFIXES for p in paths):
+    if not copy:
         yield paths
         return
     with tempfile.TemporaryDirectory(prefix="llm2nifti-runs-") as directory:
-        yield [_decompressed(p, Path(directory)) if p.suffix in COMPRESSED_SUFFIXES else p for p in paths]
+        yield [_uncompressed(p, Path(directory)) for p in paths]
 
 
-def _decompressed(path: Path, directory: Path) -> Path:
-    """``path`` decompressed into ``directory``, named without its compression suffix."""
-    from nibabel.openers import Opener
+def _uncompressed(path: Path, directory: Path) -> Path:
+    """``path`` itself, or for a gzipped image its copy decompressed into ``directory``, named without ``.gz``."""
+    from isal import igzip, isal_zlib
 
-    target = directory / path.stem
-    try:
-        with Opener(str(path)) as source, open(target, "wb") as sink:
-            shutil.copyfileobj(source, sink, 1 << 20)
-    except (EOFError, ValueError, OSError) as err:
-        if not path.is_file():
-            raise
-        raise DamagedFileError(f"{path}: cannot be decompressed ({err}); the file is damaged") from None
+    with open(path, "rb") as raw:
+        if raw.read(len(nifti.GZIP_MAGIC)) != nifti.GZIP_MAGIC:
+            return path
+        raw.seek(0)
+        target = directory / path.name.removesuffix(".gz")
+        try:
+            with igzip.IGzipFile(fileobj=raw, mode="rb") as source, open(target, "wb") as sink:
+                shutil.copyfileobj(source, sink, 1 << 20)
+        except (OSError, EOFError, ValueError, isal_zlib.error) as err:
+            raise DamagedFileError(f"{path}: damaged gzip stream ({type(err).__name__}: {err}); the file is "
+                                   "truncated or corrupt") from None
     return target
 
 

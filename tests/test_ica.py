@@ -157,7 +157,7 @@ def test_each_run_file_is_read_once(tiny_export, tmp_path):
 
 
 def test_uncompressed_runs(tiny_export, tmp_path):
-    """Compressed runs are decompressed once into a temporary directory, removed on exit; others are used as is."""
+    """Gzipped runs are decompressed once into a temporary directory, removed on exit; others are used as is."""
     runs = open_export(tiny_export).run_paths
     with uncompressed_runs(runs) as copies:
         assert [p.name for p in copies] == [p.name.removesuffix(".gz") for p in runs]
@@ -171,6 +171,10 @@ def test_uncompressed_runs(tiny_export, tmp_path):
     with uncompressed_runs(runs, copy=False) as originals:
         assert originals == list(runs)
     assert plain.exists()
+    truncated = tmp_path / runs[0].name
+    truncated.write_bytes(runs[0].read_bytes()[:-100])
+    with pytest.raises(DamagedFileError, match="damaged gzip stream"), uncompressed_runs([truncated]):
+        pass
 
 
 def test_figures_written(fitted):
