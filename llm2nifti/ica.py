@@ -4,7 +4,7 @@ The runs of an export are 4D images and its brain mask holds exactly the
 neurons, so :class:`nilearn.decomposition.CanICA` and
 :class:`~nilearn.decomposition.DictLearning` are called as they would be on
 fMRI: ``Estimator(mask=<the export's mask>, ...).fit(<the run images>)``.
-Nothing of the mathematics is reimplemented here; this module chooses
+Nothing of the decomposition is reimplemented here; this module chooses
 defaults, opens the export and reads back what the estimator found. Writing
 the results is :mod:`llm2nifti.formats.ica`'s job, the command
 :mod:`llm2nifti.workflows.ica`'s.
@@ -49,6 +49,17 @@ What is overridden in CanICA: ``max_iter`` and ``tol``
     back as it finishes (progress, iterations). The attribute is removed
     after the fit. With the defaults the maps are exactly those of unpatched
     CanICA.
+
+Time courses: the least squares of ``estimator_.transform``, from the fit's read of the runs
+    nilearn's ``transform`` reads and masks every run again and solves
+    ``lstsq(maps, run)`` per run. :meth:`NeuronICA.fit` instead decompresses
+    each gzipped run once (:func:`uncompressed_runs`: nilearn's fit reads the
+    byte-identical uncompressed copies) and projects each copy, a block of
+    tokens at a time, on the pseudo-inverse of the maps, computed once
+    (:func:`least_squares_timecourses`): the same least squares, equal to
+    ``transform``'s to float32 precision. On a Dask cluster (``scheduler``)
+    the workers read the export's own files, and the time courses read them
+    again here.
 
 ``method="fastica-temporal"``: the seed's decomposition (Liu et al., arXiv 2502.20408)
     Temporal ICA of the tokens x neurons matrix: the runs are read with the
@@ -635,7 +646,8 @@ class NeuronICA:
         ``components_`` z-scored over the neurons of each component.
     components_z_img_ : Nifti1Image
     timecourses_ : list of ndarray of shape (n_tokens, n_components) or None
-        ``estimator_.transform`` of each run (fastica-temporal: the sources,
+        Each run's least-squares projection on the maps, what ``estimator_.transform``
+        computes, from the fit's read of the runs (fastica-temporal: the sources,
         split per run); ``None`` when fitted with ``timecourses=False``.
     explained_variance_ : ndarray of shape (n_components,) or None
         ``estimator_.score(runs, per_component=True)`` when fitted with
@@ -737,7 +749,9 @@ class NeuronICA:
             Compute ``explained_variance_`` with nilearn's ``score``, which
             takes a full SVD of every run: several times the cost of the fit.
         timecourses : bool
-            Compute ``timecourses_`` (``estimator_.transform`` of every run).
+            Compute ``timecourses_``: every run's least-squares projection on
+            the maps, what ``estimator_.transform`` computes (see
+            :func:`least_squares_timecourses`).
         progress : bool
             A progress bar and one line per CanICA restart as it finishes, and
             the time of the PCA and FastICA steps of fastica-temporal.
