@@ -11,6 +11,7 @@ dependency: ``pip install 'llm2nifti[dask]'``.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib.util
 import logging
 from collections.abc import Iterator
@@ -73,6 +74,15 @@ def worker_device(device: str) -> str:
     return f"cuda:{name % count}" if isinstance(name, int) and count else device
 
 
+#: Whether joblib's work runs on a Dask cluster (set inside :func:`joblib_on` with a scheduler).
+_JOBLIB_ON_CLUSTER = contextvars.ContextVar("llm2nifti_joblib_on_cluster", default=False)
+
+
+def joblib_on_cluster() -> bool:
+    """Whether joblib's work now runs on a Dask cluster, whose workers may not see this machine's temporary files."""
+    return _JOBLIB_ON_CLUSTER.get()
+
+
 @contextlib.contextmanager
 def joblib_on(scheduler: str | None) -> Iterator:
     """joblib's work inside the block (nilearn's ``n_jobs``) runs on the Dask cluster at ``scheduler`` (if given)."""
@@ -82,4 +92,8 @@ def joblib_on(scheduler: str | None) -> Iterator:
     import joblib
 
     with dask_client(scheduler=scheduler), joblib.parallel_config(backend="dask"):
-        yield
+        on_cluster = _JOBLIB_ON_CLUSTER.set(True)
+        try:
+            yield
+        finally:
+            _JOBLIB_ON_CLUSTER.reset(on_cluster)

@@ -4,7 +4,7 @@ The runs of an export are 4D images and its brain mask holds exactly the
 neurons, so :class:`nilearn.decomposition.CanICA` and
 :class:`~nilearn.decomposition.DictLearning` are called as they would be on
 fMRI: ``Estimator(mask=<the export's mask>, ...).fit(<the run images>)``.
-Nothing of the mathematics is reimplemented here; this module chooses
+Nothing of the decomposition is reimplemented here; this module chooses
 defaults, opens the export and reads back what the estimator found. Writing
 the results is :mod:`llm2nifti.formats.ica`'s job, the command
 :mod:`llm2nifti.workflows.ica`'s.
@@ -50,6 +50,17 @@ What is overridden in CanICA: ``max_iter`` and ``tol``
     after the fit. With the defaults the maps are exactly those of unpatched
     CanICA.
 
+Time courses: the least squares of ``estimator_.transform``, from the fit's read of the runs
+    nilearn's ``transform`` reads and masks every run again and solves
+    ``lstsq(maps, run)`` per run. :meth:`NeuronICA.fit` instead decompresses
+    each gzipped run once (:func:`uncompressed_runs`: nilearn's fit reads the
+    byte-identical uncompressed copies) and projects each copy, a block of
+    tokens at a time, on the pseudo-inverse of the maps, computed once
+    (:func:`least_squares_timecourses`): the same least squares, equal to
+    ``transform``'s to float32 precision. On a Dask cluster (``scheduler``)
+    the workers read the export's own files, and the time courses read them
+    again here.
+
 ``method="fastica-temporal"``: the seed's decomposition (Liu et al., arXiv 2502.20408)
     Temporal ICA of the tokens x neurons matrix: the runs are read with the
     export's own reader (only the neurons of its brain mask), concatenated in
@@ -70,6 +81,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import shutil
+import tempfile
 import time
 import types
 import warnings
@@ -78,8 +91,9 @@ from pathlib import Path
 import numpy as np
 
 from .checks import check_bool, check_choice, check_float, check_int, check_path
+from .cluster import joblib_on_cluster
 from .console import log, progress_bar
-from .errors import Llm2niftiError, ParameterError
+from .errors import DamagedFileError, Llm2niftiError, ParameterError
 from .formats import nifti
 from .formats.export import Export, open_export
 from .formats.template import is_template
@@ -201,6 +215,109 @@ def open_runs(export, runs=None, *, param: str = "export") -> Export:
         export = open_export(root, param=param)
     selected = parse_index_list(runs, "runs", what="run")
     return export if selected is None else export.select(selected)
+
+
+# -- reading the runs once -------------------------------------------------------------------
+#: Runs are read and projected on the maps in blocks of tokens of about this many values.
+PROJECTION_BLOCK_VALUES = 2**21
+
+
+@contextlib.contextmanager
+def uncompressed_runs(paths, *, copy: bool = True):
+    """The run images as files that are read without decompressing them: each gzipped one decompressed once.
+
+    nilearn's fit reads every run, and the time courses read them again;
+    from a gzipped file every read decompresses it anew, which costs about
+    as much as masking it. Inside the block each gzipped image (known by its
+    content, as :func:`llm2nifti.formats.nifti.load_image` knows it) is a
+    byte-for-byte decompressed copy in a temporary directory, which takes
+    the runs' uncompressed size on disk and is removed on exit; any other
+    image is its own path.
+
+    Parameters
+    ----------
+    paths : iterable of str or Path
+        Run images (their names distinct, as an export's are).
+    copy : bool
+        Decompress; ``False`` yields ``paths`` as they are (for workers that
+        may not see this machine's temporary directory).
+
+    Yields
+    ------
+    list of Path
+        In the order of ``paths``.
+
+    Raises
+    ------
+    DamagedFileError
+        For a gzipped image whose stream is damaged.
+    """
+    paths = [Path(p) for p in paths]
+    if not copy:
+        yield paths
+        return
+    with tempfile.TemporaryDirectory(prefix="llm2nifti-runs-") as directory:
+        yield [_uncompressed(p, Path(directory)) for p in paths]
+
+
+def _uncompressed(path: Path, directory: Path) -> Path:
+    """``path`` itself, or for a gzipped image its copy decompressed into ``directory``, named without ``.gz``."""
+    from isal import igzip, isal_zlib
+
+    with open(path, "rb") as raw:
+        if raw.read(len(nifti.GZIP_MAGIC)) != nifti.GZIP_MAGIC:
+            return path
+        raw.seek(0)
+        target = directory / path.name.removesuffix(".gz")
+        try:
+            with igzip.IGzipFile(fileobj=raw, mode="rb") as source, open(target, "wb") as sink:
+                shutil.copyfileobj(source, sink, 1 << 20)
+        except (OSError, EOFError, ValueError, isal_zlib.error) as err:
+            raise DamagedFileError(f"{path}: damaged gzip stream ({type(err).__name__}: {err}); the file is "
+                                   "truncated or corrupt") from None
+    return target
+
+
+def least_squares_timecourses(paths, maps: np.ndarray, layout) -> list[np.ndarray]:
+    """Each run's least-squares time courses on ``maps``: what nilearn's ``transform`` computes, one read a run.
+
+    nilearn's :class:`~nilearn.maskers.NiftiMapsMasker` solves
+    ``lstsq(maps.T, run.T)`` for every run (non-finite values read as 0);
+    here the pseudo-inverse of the maps is computed once and each run is
+    read and projected on it a block of tokens at a time, in float64, so
+    that no whole run is held in memory. The time courses have nilearn's
+    dtype: float32 for float32 runs and maps.
+
+    Parameters
+    ----------
+    paths : iterable of str or Path
+        4D run images on ``layout``'s grid.
+    maps : ndarray of shape (n_components, n_layers * n_neurons)
+        In neuron-id order.
+    layout : NeuronLayout
+
+    Returns
+    -------
+    list of ndarray of shape (n_tokens, n_components)
+    """
+    projector = np.linalg.pinv(np.asarray(maps, dtype=np.float64).T)
+    return [np.concatenate([(tokens.astype(np.float64) @ projector.T).astype(np.result_type(maps, tokens))
+                            for tokens in _token_blocks(path, layout)])
+            for path in paths]
+
+
+def _token_blocks(path, layout):
+    """One run's tokens x neurons (neuron-id order), a block of tokens at a time; non-finite values as 0."""
+    import nibabel as nib
+
+    # a block of tokens is a contiguous slab of the file; an open handle reads a compressed one in one pass
+    image = nib.load(str(path), mmap=False, keep_file_open=True)
+    voxels = np.ravel_multi_index(tuple(layout.voxels.T), layout.shape, order="F")  # NIfTI's voxel order
+    step = max(1, PROJECTION_BLOCK_VALUES // voxels.size)
+    for start in range(0, image.shape[-1], step):
+        volumes = np.asanyarray(image.dataobj[..., start:start + step])
+        tokens = np.take(volumes.reshape(-1, volumes.shape[-1], order="F").T, voxels, axis=1)
+        yield np.nan_to_num(tokens, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 # -- arrays ---------------------------------------------------------------------------------
@@ -529,7 +646,8 @@ class NeuronICA:
         ``components_`` z-scored over the neurons of each component.
     components_z_img_ : Nifti1Image
     timecourses_ : list of ndarray of shape (n_tokens, n_components) or None
-        ``estimator_.transform`` of each run (fastica-temporal: the sources,
+        Each run's least-squares projection on the maps, what ``estimator_.transform``
+        computes, from the fit's read of the runs (fastica-temporal: the sources,
         split per run); ``None`` when fitted with ``timecourses=False``.
     explained_variance_ : ndarray of shape (n_components,) or None
         ``estimator_.score(runs, per_component=True)`` when fitted with
@@ -631,7 +749,9 @@ class NeuronICA:
             Compute ``explained_variance_`` with nilearn's ``score``, which
             takes a full SVD of every run: several times the cost of the fit.
         timecourses : bool
-            Compute ``timecourses_`` (``estimator_.transform`` of every run).
+            Compute ``timecourses_``: every run's least-squares projection on
+            the maps, what ``estimator_.transform`` computes (see
+            :func:`least_squares_timecourses`).
         progress : bool
             A progress bar and one line per CanICA restart as it finishes, and
             the time of the PCA and FastICA steps of fastica-temporal.
@@ -664,12 +784,15 @@ class NeuronICA:
 
     def _fit_nilearn(self, export: Export, score: bool, timecourses: bool, progress: bool) -> None:
         estimator = self.make_estimator(export.paths.mask, export.repetition_time)
-        imgs = [str(p) for p in export.run_paths]
         restarts = []
         started = time.perf_counter()
+        # the fit and the time courses read the runs: decompressed once, unless cluster workers read them
         with _recorded_warnings() as caught, \
+                uncompressed_runs(export.run_paths, copy=not joblib_on_cluster()) as runs, \
                 progress_bar(int(self.n_init), desc="FastICA restarts", unit="restart",
                              enabled=progress and self.method == "canica") as bar:
+            imgs = [str(p) for p in runs]
+
             def on_result(i, result):
                 restarts.append(result[3:5])
                 bar.update()
@@ -686,7 +809,9 @@ class NeuronICA:
             finally:
                 estimator.__dict__.pop("_unmix_components", None)
             self.fit_seconds_ = time.perf_counter() - started
-            self.timecourses_ = estimator.transform(imgs) if timecourses else None
+            self.components_ = to_neuron_order(estimator.components_, export.layout)
+            self.timecourses_ = (least_squares_timecourses(runs, self.components_, export.layout)
+                                 if timecourses else None)
             self.explained_variance_ = (np.asarray(estimator.score(imgs, per_component=True), dtype=float)
                                         if score else None)
         n_warnings = _pass_on(caught)
@@ -701,7 +826,6 @@ class NeuronICA:
                 log.warning("scikit-learn's sparse coding (inside nilearn's DictLearning) reported %d convergence "
                             "warnings; the maps may change with `random_state` or `alpha`", n_warnings)
         self.estimator_ = estimator
-        self.components_ = to_neuron_order(estimator.components_, export.layout)
 
     def _fit_temporal(self, export: Export, score: bool, timecourses: bool, progress: bool) -> None:
         temporal = self.make_estimator(None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -23,7 +24,17 @@ from llm2nifti.errors import DamagedFileError, IncompleteOutputError, Llm2niftiE
 from llm2nifti.formats.export import open_export
 from llm2nifti.formats.ica import ICA_RECORD, open_ica
 from llm2nifti.formats.selection import SELECTION_TSV
-from llm2nifti.ica import DEFAULTS, NeuronICA, TemporalICA, open_runs, read_tokens, to_neuron_order, zscore_maps
+from llm2nifti.ica import (
+    DEFAULTS,
+    NeuronICA,
+    TemporalICA,
+    least_squares_timecourses,
+    open_runs,
+    read_tokens,
+    to_neuron_order,
+    uncompressed_runs,
+    zscore_maps,
+)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +104,77 @@ def test_timecourses_and_record(fitted, tiny_export):
     assert record["ModelID"] == "tiny-llama" and record["Site"] == "mlp.hidden"
     table = (out / "components.tsv").read_text().splitlines()
     assert table[0].startswith("component\t") and len(table) == 4
+
+
+def test_timecourses_are_nilearns_transform(fitted):
+    """The time courses are what nilearn's ``transform`` computes from the run files (least squares on the maps).
+
+    nilearn solves in float32 (the runs' and maps' dtype): they agree to float32's precision.
+    """
+    ica = fitted[0].ica
+    theirs = ica.estimator_.transform([str(p) for p in ica.export_.run_paths])
+    assert len(ica.timecourses_) == len(theirs)
+    for ours, nilearns in zip(ica.timecourses_, theirs):
+        assert ours.shape == nilearns.shape and ours.dtype == nilearns.dtype
+        np.testing.assert_allclose(ours, nilearns, rtol=1e-5, atol=1e-5 * np.abs(nilearns).max())
+
+
+def test_timecourses_read_in_blocks_of_tokens(fitted, monkeypatch):
+    """A few tokens at a time, from the compressed runs themselves, the time courses are the same."""
+    import llm2nifti.ica
+
+    ica = fitted[0].ica
+    monkeypatch.setattr(llm2nifti.ica, "PROJECTION_BLOCK_VALUES", 5 * ica.layout_.n_total)
+    blocked = least_squares_timecourses(ica.export_.run_paths, ica.components_, ica.layout_)
+    for ours, whole in zip(blocked, ica.timecourses_):
+        assert ours.dtype == whole.dtype
+        np.testing.assert_allclose(ours, whole, rtol=1e-6, atol=1e-6 * np.abs(whole).max())
+
+
+# Python's audit hooks cannot be removed: the one test that needs it switches it on and off.
+_OPENED: dict | None = None
+
+
+def _count_opens(event, args):
+    if _OPENED is not None and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        path = os.path.realpath(os.fsdecode(args[0]))
+        if path in _OPENED:
+            _OPENED[path] += 1
+
+
+def test_each_run_file_is_read_once(tiny_export, tmp_path):
+    """Fit, time courses and files come from one read of each run image (no second pass over the export)."""
+    global _OPENED
+    sys.addaudithook(_count_opens)
+    runs = [os.path.realpath(p) for p in open_export(tiny_export).run_paths]
+    _OPENED = dict.fromkeys(runs, 0)
+    try:
+        run_ica(tiny_export, tmp_path / "ica", n_components=3, n_init=1, figures=False, progress=False)
+        opened = dict(_OPENED)
+    finally:
+        _OPENED = None
+    assert opened == dict.fromkeys(runs, 1)
+
+
+def test_uncompressed_runs(tiny_export, tmp_path):
+    """Gzipped runs are decompressed once into a temporary directory, removed on exit; others are used as is."""
+    runs = open_export(tiny_export).run_paths
+    with uncompressed_runs(runs) as copies:
+        assert [p.name for p in copies] == [p.name.removesuffix(".gz") for p in runs]
+        for run, copy in zip(runs, copies):
+            assert copy.read_bytes() == gzip.decompress(run.read_bytes())
+        plain = tmp_path / copies[0].name
+        shutil.copyfile(copies[0], plain)
+    assert not any(p.exists() for p in copies)
+    with uncompressed_runs([plain]) as same:
+        assert same == [plain]
+    with uncompressed_runs(runs, copy=False) as originals:
+        assert originals == list(runs)
+    assert plain.exists()
+    truncated = tmp_path / runs[0].name
+    truncated.write_bytes(runs[0].read_bytes()[:-100])
+    with pytest.raises(DamagedFileError, match="damaged gzip stream"), uncompressed_runs([truncated]):
+        pass
 
 
 def test_figures_written(fitted):
