@@ -19,7 +19,7 @@ the baseline's passes over the evaluation text.
 Usage::
 
     python benchmarks/mask_eval_throughput.py [--model smollm2-135m] [--tokens 2048] [--context 256]
-        [--batch-size 4] [--repeats 2] [--controls 10]
+        [--batch-size 4] [--repeats 2] [--controls 10] [--layers 0,15,29]
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--controls", type=int, default=10,
                         help="random controls per condition (mask-eval's default is 20)")
     parser.add_argument("--site", default="mlp.hidden")
+    parser.add_argument("--layers", default=None, help="masked layers, comma-separated (default: 0, L/2 and L-1)")
     args = parser.parse_args()
 
     loaded = load_model(args.model, progress=False)
@@ -113,7 +114,8 @@ def main() -> None:
     print(f"{'mask layer':>10} {'full tok/s':>11} {'first tok/s':>12} {'kept tok/s':>11} {'kept/full':>10} "
           f"{'identical':>10} {'mask-eval s (full)':>19} {'mask-eval s (now)':>18} {'speed-up':>9} {'same':>5}")
     rng = np.random.default_rng(0)
-    for layer in sorted({0, n_layers // 2, n_layers - 1}):
+    layers = {0, n_layers // 2, n_layers - 1} if args.layers is None else {int(v) for v in args.layers.split(",")}
+    for layer in sorted(layers):
         neurons = rng.choice(n_neurons, size=n_neurons // 10, replace=False)
         mask = NeuronMask({"C0": [(layer, int(n)) for n in neurons]}, n_layers, n_neurons,
                           {**loaded.provenance, "Site": args.site})
