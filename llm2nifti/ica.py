@@ -80,6 +80,7 @@ Time courses: the least squares of ``estimator_.transform``, from the fit's read
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import shutil
 import tempfile
@@ -251,13 +252,34 @@ def uncompressed_runs(paths, *, copy: bool = True):
     ------
     DamagedFileError
         For a gzipped image whose stream is damaged.
+
+    Notes
+    -----
+    Without room for the copies in the temporary directory (``TMPDIR``), the
+    gzipped runs are yielded as they are (and a message says so).
     """
     paths = [Path(p) for p in paths]
-    if not copy:
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    if not copy or free < sum(p.stat().st_size for p in paths):  # the copies are larger than the gzipped runs
+        if copy:
+            _no_room(free)
         yield paths
         return
     with tempfile.TemporaryDirectory(prefix="llm2nifti-runs-") as directory:
-        yield [_uncompressed(p, Path(directory)) for p in paths]
+        try:
+            copies = [_uncompressed(p, Path(directory)) for p in paths]
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            _no_room(shutil.disk_usage(directory).free)
+            shutil.rmtree(directory, ignore_errors=True)
+            copies = paths
+        yield copies
+
+
+def _no_room(free: int) -> None:
+    log.info("too little free space in %s (%.1f GB) to decompress the runs once: nilearn reads the gzipped runs "
+             "(slower; set TMPDIR to a roomier directory)", tempfile.gettempdir(), free / 1e9)
 
 
 def _uncompressed(path: Path, directory: Path) -> Path:
@@ -273,6 +295,8 @@ def _uncompressed(path: Path, directory: Path) -> Path:
             with igzip.IGzipFile(fileobj=raw, mode="rb") as source, open(target, "wb") as sink:
                 shutil.copyfileobj(source, sink, 1 << 20)
         except (OSError, EOFError, ValueError, isal_zlib.error) as err:
+            if getattr(err, "errno", None) == errno.ENOSPC:
+                raise  # the disk is full, the run is fine
             raise DamagedFileError(f"{path}: damaged gzip stream ({type(err).__name__}: {err}); the file is "
                                    "truncated or corrupt") from None
     return target

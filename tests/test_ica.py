@@ -177,6 +177,34 @@ def test_uncompressed_runs(tiny_export, tmp_path):
         pass
 
 
+def test_uncompressed_runs_are_read_in_place_without_room_for_the_copies(tiny_export, tmp_path, monkeypatch, caplog):
+    """Too little free space for the copies, seen before or met while copying: the gzipped runs are read as they are."""
+    import collections
+    import errno
+    import logging
+    import tempfile
+
+    runs = open_export(tiny_export).run_paths
+    usage = collections.namedtuple("usage", "total used free")
+    with monkeypatch.context() as patch:
+        patch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+        with caplog.at_level(logging.INFO, logger="llm2nifti"), uncompressed_runs(runs) as paths:
+            assert paths == list(runs)
+    assert "TMPDIR" in caplog.text
+    caplog.clear()
+
+    def full(source, sink, length):
+        sink.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(shutil, "copyfileobj", full)
+    with caplog.at_level(logging.INFO, logger="llm2nifti"), uncompressed_runs(runs) as paths:
+        assert paths == list(runs)
+        assert not list(tmp_path.iterdir())  # no partial copy left behind
+    assert "TMPDIR" in caplog.text
+
+
 def test_figures_written(fitted):
     _, out = fitted
     names = {p.name for p in (out / "figures").glob("*.png")}
