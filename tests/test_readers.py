@@ -44,6 +44,11 @@ def written(tmp_path_factory):
         run_ica(out, ica_out, n_components=2, n_init=1, figures=layout == "brain")
         files[f"{layout}/components"] = ica_out / "components.nii.gz"
         files[f"{layout}/components_z"] = ica_out / "components_z.nii.gz"
+    raw = export(root / "export-nii", loaded, str(text), site="mlp.hidden", run_tokens=48, max_runs=2, compress=False,
+                 progress=False)  # runs as .nii
+    files["nii/run"] = raw.paths.bold(1)
+    run_ica(raw.out_dir, root / "ica-nii", n_components=2, n_init=1, figures=False)  # reads the .nii runs in place
+    files["nii/components_z"] = root / "ica-nii" / "components_z.nii.gz"
     recurrence(root / "export-grid", root / "rec", subsets=2, n_components=2, n_init=1, figures=False)
     files["recurrence/templates_z"] = root / "rec" / "templates_z.nii.gz"
     template = make_template(loaded, "mlp.out", root / "template", tokens=16).out_dir
