@@ -260,7 +260,9 @@ def uncompressed_runs(paths, *, copy: bool = True):
     """
     paths = [Path(p) for p in paths]
     free = shutil.disk_usage(tempfile.gettempdir()).free
-    if not copy or free < sum(p.stat().st_size for p in paths):  # the copies are larger than the gzipped runs
+    # a first look by name (the content decides what is copied): the copies are larger than the gzipped runs
+    gzipped = sum(p.stat().st_size for p in paths if p.name.endswith(".gz"))
+    if not copy or free < gzipped:
         if copy:
             _no_room(free)
         yield paths

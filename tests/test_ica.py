@@ -190,8 +190,14 @@ def test_uncompressed_runs_are_read_in_place_without_room_for_the_copies(tiny_ex
         patch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
         with caplog.at_level(logging.INFO, logger="llm2nifti"), uncompressed_runs(runs) as paths:
             assert paths == list(runs)
-    assert "TMPDIR" in caplog.text
-    caplog.clear()
+        assert "TMPDIR" in caplog.text
+        caplog.clear()
+        plain = tmp_path / runs[0].name.removesuffix(".gz")
+        plain.write_bytes(gzip.decompress(runs[0].read_bytes()))
+        with caplog.at_level(logging.INFO, logger="llm2nifti"), uncompressed_runs([plain]) as paths:
+            assert paths == [plain]
+        assert not caplog.text  # nothing to copy, so no lack of room to report
+        plain.unlink()
 
     def full(source, sink, length):
         sink.write(b"partial")
