@@ -117,6 +117,24 @@ def _run(args, phase: str, **extra) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _growth(args) -> None:
+    small, large = args.growth_runs, 10 * args.growth_runs
+    peaks = {}
+    for runs in (small, large):
+        growth = argparse.Namespace(**{**vars(args), "runs": runs, "run_tokens": args.growth_run_tokens, "repeats": 1})
+        peaks[runs] = _run(growth, "export", site=args.growth_site)["peak_rss_mb"]
+    ratio = peaks[large] / peaks[small]
+    print(f"corpus growth ({args.growth_site}, runs of {args.growth_run_tokens} tokens): {small} runs peak "
+          f"{peaks[small]:.0f} MB, {large} runs peak "
+          f"{peaks[large]:.0f} MB, ratio {ratio:.2f} ({'flat' if ratio <= 1.2 else 'NOT flat'}: limit 1.2)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -126,7 +144,8 @@ def main() -> None:
     parser.add_argument("--sites", default=",".join(SITES))
     parser.add_argument("--formats", default="nii.gz,nii", help="run formats to export: nii.gz, nii or both")
     parser.add_argument("--repeats", type=int, default=2, help="best of N timings per phase")
-    parser.add_argument("--growth-runs", type=int, default=12, help="the growth check exports this many runs, then 10x")
+    parser.add_argument("--growth-runs", type=int, default=12,
+                        help="the growth check exports this many runs, then 10x (0: no growth check)")
     parser.add_argument("--growth-run-tokens", type=int, default=128)
     parser.add_argument("--growth-site", default="mlp.hidden")
     parser.add_argument("--phase", choices=["forward", "trunk", "export", "writer"], help=argparse.SUPPRESS)
@@ -142,7 +161,8 @@ def main() -> None:
         return
     load = os.getloadavg()
     print(f"model {args.model}, {args.runs} runs x {args.run_tokens} tokens, batch {args.batch_size}, "
-          f"best of {args.repeats}; {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+          f"best of {args.repeats}; {len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs usable, torch threads "
+          f"{_torch_threads()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     base = {phase: _run(args, phase) for phase in ("forward", "trunk")}
     print(f"{'phase':<25} {'tokens/s':>9} {'seconds':>8} {'peak RSS MB':>12} {'/forward':>9} {'/trunk':>7}")
     for phase, r in base.items():
@@ -154,15 +174,8 @@ def main() -> None:
                   f"{r['peak_rss_mb']:>12.0f} "
                   f"{r['tokens_per_s'] / base['forward']['tokens_per_s']:>9.2f} "
                   f"{r['tokens_per_s'] / base['trunk']['tokens_per_s']:>7.2f}")
-    small, large = args.growth_runs, 10 * args.growth_runs
-    peaks = {}
-    for runs in (small, large):
-        growth = argparse.Namespace(**{**vars(args), "runs": runs, "run_tokens": args.growth_run_tokens, "repeats": 1})
-        peaks[runs] = _run(growth, "export", site=args.growth_site)["peak_rss_mb"]
-    ratio = peaks[large] / peaks[small]
-    print(f"corpus growth ({args.growth_site}, runs of {args.growth_run_tokens} tokens): {small} runs peak "
-          f"{peaks[small]:.0f} MB, {large} runs peak "
-          f"{peaks[large]:.0f} MB, ratio {ratio:.2f} ({'flat' if ratio <= 1.2 else 'NOT flat'}: limit 1.2)")
+    if args.growth_runs:
+        _growth(args)
     w = _run(args, "writer")
     print(f"writer, one run of {w['raw_mb']:.1f} MB: .nii {w['nii']['mb_per_s']:.0f} MB/s; .nii.gz on 1 thread "
           f"{w['gzip_1_thread']['mb_per_s']:.0f} MB/s, on {w['threads']} threads "

@@ -37,29 +37,11 @@ if _ROOT not in sys.path:  # measure this checkout's llm2nifti, not whichever is
 
 
 def build(args):
-    import torch
-    import transformers as tf
+    from random_model import build as build_random
+    from random_model import llama_config
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import byte_tokenizer
-
-    from llm2nifti.models import LoadedModel, config_sha256
-
-    config = tf.LlamaConfig(vocab_size=32000, hidden_size=args.d_model, intermediate_size=args.d_mlp,
-                            num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                            num_key_value_heads=args.heads, max_position_embeddings=4096)
-    torch.manual_seed(0)
-    dtype = getattr(torch, args.torch_dtype)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(args.device):
-            model = tf.LlamaForCausalLM(config).eval()
-    finally:
-        torch.set_default_dtype(previous)
-    provenance = {"ModelID": "random-llama-7b-shapes", "ModelClass": type(model).__name__, "ModelRevision": None,
-                  "ModelFileSHA256": None, "ModelConfigSHA256": config_sha256(config)}
-    return LoadedModel(model, byte_tokenizer(), provenance)
+    config = llama_config(args.layers, args.d_model, args.d_mlp, args.heads, args.heads, 32000)
+    return build_random(config, args.torch_dtype, args.device, model_id="random-llama-7b-shapes")
 
 
 def main() -> None:

@@ -111,6 +111,18 @@ def tiny_llama_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    """Tiny models saved as Hugging Face directories, so they are loaded by name (with device, dtype and device map)."""
+    def save(arch):
+        path = tmp_path_factory.mktemp("models") / f"tiny-{arch}"
+        loaded = make_tiny(arch)
+        loaded.model.save_pretrained(path)
+        loaded.tokenizer.save_pretrained(path)
+        return path
+    return {arch: save(arch) for arch in ("llama", "gpt2", "gemma3")}
+
+
+@pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
     """A 4-run export of a tiny Llama at ``mlp.hidden`` (for ICA, recurrence and import tests)."""
     from llm2nifti import export

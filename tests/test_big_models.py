@@ -6,24 +6,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny
 from test_export import TEXT, read_table, reference_activations
 
 from llm2nifti import export
 from llm2nifti.errors import ParameterError
 from llm2nifti.models import load_model
-
-
-@pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory):
-    """Tiny models saved as Hugging Face directories, so they are loaded by name (with dtype and device map)."""
-    def save(arch):
-        path = tmp_path_factory.mktemp("models") / f"tiny-{arch}"
-        loaded = make_tiny(arch)
-        loaded.model.save_pretrained(path)
-        loaded.tokenizer.save_pretrained(path)
-        return path
-    return {arch: save(arch) for arch in ("llama", "gpt2", "gemma3")}
 
 
 @pytest.mark.parametrize("torch_dtype, device_map", [("bfloat16", None), ("float32", "auto"), ("bfloat16", "auto"),
@@ -40,6 +27,8 @@ def test_placed_models_export_their_own_activations_as_float32(arch, torch_dtype
     assert result.record.compute_dtype == torch_dtype  # the dtype the model computed in, whatever is stored
     assert json.loads(result.paths.record.read_text())["ComputeDtype"] == torch_dtype
     # without a GPU, accelerate's "auto" places every layer on the CPU (no hf_device_map): the path runs, not the split
+    if device_map == "auto" and torch.cuda.is_available():
+        assert {p.device.type for p in loaded.model.parameters()} == {"cuda"}
     rows = read_table(result.paths.neurons_tsv)
     ijk = np.array([[int(r["i"]), int(r["j"]), int(r["k"])] for r in rows])
     layer_neuron = np.array([[int(r["layer"]), int(r["neuron"])] for r in rows])

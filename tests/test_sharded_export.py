@@ -7,6 +7,7 @@ import cloudpickle
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from conftest import make_tiny
 
 from llm2nifti import export, transaction
@@ -69,6 +70,15 @@ def test_two_local_workers_equal_one_process(model_dir, text_file, single, tmp_p
     result = export(tmp_path / "out", str(model_dir), str(text_file), workers=2, **SETTINGS)
     assert result.n_runs == 5
     assert_same_data(single, result.out_dir)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_two_gpu_workers_equal_one_gpu_process(model_dir, text_file, tmp_path):
+    """``device="cuda"``: worker i takes GPU i modulo the GPUs there, so on one GPU both workers share it."""
+    one = export(tmp_path / "one", str(model_dir), str(text_file), device="cuda", **SETTINGS)
+    two = export(tmp_path / "two", str(model_dir), str(text_file), device="cuda", workers=2, **SETTINGS)
+    assert two.n_runs == 5
+    assert_same_data(one.out_dir, two.out_dir)
 
 
 def _kill_before_image_of_run(run):
