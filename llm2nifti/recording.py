@@ -30,7 +30,7 @@ def with_bos(ids: torch.Tensor, bos_id: int | None) -> tuple[torch.Tensor, int]:
 
 @torch.inference_mode()
 def record(model, blocks: Blocks, site: str, input_ids: np.ndarray, bos_id: int | None = None,
-           device: str = "cpu") -> np.ndarray:
+           device: str = "cpu", out: np.ndarray | None = None) -> np.ndarray:
     """Activations at ``site`` for a batch of equal-length token windows.
 
     Parameters
@@ -38,6 +38,8 @@ def record(model, blocks: Blocks, site: str, input_ids: np.ndarray, bos_id: int 
     input_ids : ndarray of shape (batch, tokens)
     bos_id : int, optional
         Prepended to each window when given; its position is not returned.
+    out : ndarray, optional
+        Where to put them (see :func:`recording`); a new array by default.
 
     Returns
     -------
@@ -45,13 +47,14 @@ def record(model, blocks: Blocks, site: str, input_ids: np.ndarray, bos_id: int 
         Column ``layer * n_neurons + neuron``.
     """
     ids, offset = with_bos(torch.as_tensor(input_ids, dtype=torch.long), bos_id)
-    with recording(blocks, site, input_ids.shape, offset) as out:
+    with recording(blocks, site, input_ids.shape, offset, out) as recorded:
         trunk(model)(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device))
-    return out
+    return recorded
 
 
 @contextlib.contextmanager
-def recording(blocks: Blocks, site: str, shape: tuple[int, int], offset: int = 0) -> Iterator[np.ndarray]:
+def recording(blocks: Blocks, site: str, shape: tuple[int, int], offset: int = 0,
+              out: np.ndarray | None = None) -> Iterator[np.ndarray]:
     """Within the ``with`` block, a forward pass over a batch of windows writes its activations at ``site``.
 
     Parameters
@@ -60,6 +63,11 @@ def recording(blocks: Blocks, site: str, shape: tuple[int, int], offset: int = 0
         The batch of windows the pass computes, without the BOS.
     offset : int
         Positions before each window's first token (1 for a prepended BOS).
+    out : ndarray, optional
+        A C-contiguous float32 array of shape ``(batch, tokens, n_layers * n_neurons)``
+        to write into. An export passes buffers it reuses: fresh memory is
+        zeroed by the kernel on first touch, which on the model's thread costs
+        about a tenth of an export's time at ``mlp.hidden`` (docs/scale.md).
 
     Yields
     ------
@@ -67,34 +75,46 @@ def recording(blocks: Blocks, site: str, shape: tuple[int, int], offset: int = 0
         Filled by the pass, column ``layer * n_neurons + neuron``.
     """
     batch, n_tokens = shape
-    out = np.empty((batch, n_tokens, blocks.n_layers, blocks.n_neurons(site)), dtype=np.float32)
-    target = torch.from_numpy(out)
+    full = (batch, n_tokens, blocks.n_layers * blocks.n_neurons(site))
+    if out is None:
+        out = np.empty(full, dtype=np.float32)
+    elif out.shape != full or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"`out` must be a C-contiguous float32 array of shape {full}, "
+                         f"got {out.dtype} {out.shape}")
+    target = torch.from_numpy(out.reshape(batch, n_tokens, blocks.n_layers, -1))
 
     def grab(layer, tensor):
         target[:, :, layer, :].copy_(tensor[:, offset:, :])  # torch's strided copy is far faster than numpy's
 
     with site_hooks(blocks, site, grab):
-        yield out.reshape(batch, n_tokens, -1)
+        yield out
 
 
 def record_runs(model, blocks: Blocks, site: str, run_ids: np.ndarray, context: int, batch_size: int,
-                bos_id: int | None = None, device: str = "cpu") -> np.ndarray:
+                bos_id: int | None = None, device: str = "cpu", out: np.ndarray | None = None) -> np.ndarray:
     """Activations at ``site`` for whole runs, computed in windows of ``context`` tokens, ``batch_size`` at a time.
 
     Parameters
     ----------
     run_ids : ndarray of shape (n_runs, run_tokens)
         ``context`` divides ``run_tokens``.
+    out : ndarray, optional
+        A C-contiguous float32 array of the returned shape to write into.
 
     Returns
     -------
     ndarray of shape (n_runs, run_tokens, n_layers * n_neurons), float32
     """
     n_runs, run_tokens = run_ids.shape
+    if out is None:
+        out = np.empty((n_runs, run_tokens, blocks.n_layers * blocks.n_neurons(site)), dtype=np.float32)
+    elif not out.flags.c_contiguous:
+        raise ValueError("`out` must be C-contiguous: its windows are filled through a reshaped view")
     windows = run_ids.reshape(-1, context)
-    parts = [record(model, blocks, site, windows[i:i + batch_size], bos_id, device)
-             for i in range(0, len(windows), batch_size)]
-    return (parts[0] if len(parts) == 1 else np.concatenate(parts)).reshape(n_runs, run_tokens, -1)
+    by_window = out.reshape(len(windows), context, -1)  # a view: each batch of windows fills its slice
+    for i in range(0, len(windows), batch_size):
+        record(model, blocks, site, windows[i:i + batch_size], bos_id, device, out=by_window[i:i + batch_size])
+    return out
 
 
 def check_finite(acts: np.ndarray, column_sums: np.ndarray, n_neurons: int, where: str) -> None:

@@ -24,7 +24,7 @@ from ..records import ExportRecord, Grid, ModelIdentity, TextSpan
 from ..sites import HOOK_POINTS, SITES, find_blocks
 from ..text import bos_token_id, cut_runs, load_corpus, token_texts, tokenize
 from ..transaction import OutputTransaction, remove_partials
-from .runs import OrderedRuns, run_groups, run_summary, write_in_background
+from .runs import BufferPool, OrderedRuns, run_groups, run_summary, write_in_background
 
 DEFAULT_SITE = "mlp.out"
 
@@ -265,18 +265,26 @@ def export(
             stats.add(_stored_stats(writer.paths.bold(run), writer.layout))
         todo = [run for run in range(1, n_runs + 1) if run not in done]
 
-        def write_run(run: int, acts: np.ndarray):
+        buffers = BufferPool()
+
+        def write_run(run: int, acts: np.ndarray, release):
             # on a writer thread, like the image: the model's thread only computes (docs/scale.md)
-            summary = run_summary(run, acts, grid.neurons_per_layer)
-            size = writer.write_run(run, runs[run - 1], texts[run - 1], acts,
-                                    None if labels is None else labels[run - 1])
+            try:
+                summary = run_summary(run, acts, grid.neurons_per_layer)
+                size = writer.write_run(run, runs[run - 1], texts[run - 1], acts,
+                                        None if labels is None else labels[run - 1])
+            finally:
+                release()
             return run, summary, size
 
         def activations():
             for chosen in run_groups(todo, run_tokens, context, batch_size):
+                buffer = buffers.take((len(chosen), run_tokens, found.n_layers * found.n_neurons(site)))
                 acts = record_runs(loaded.model, found, site, runs[np.array(chosen) - 1], context, batch_size, bos,
-                                   run_device)
-                yield from zip(chosen, acts)
+                                   run_device, out=buffer)
+                release = buffers.lease(buffer, len(chosen))
+                for run, run_acts in zip(chosen, acts):
+                    yield run, run_acts, release
 
         def fold(summary) -> None:
             run_sums, run_stats = summary
