@@ -393,7 +393,8 @@ def _load_pretrained(source, what: str | None, on_part: Callable[[str], None] = 
     ``what`` names ``source`` in a :class:`ModelError` when a file is bad
     (``None``: let transformers' errors through); ``on_part(part)`` is called
     as each of :data:`PARTS` is loaded; ``placement`` holds ``dtype`` and
-    ``device_map`` for ``from_pretrained``.
+    ``device_map`` for ``from_pretrained``, or ``skeleton=True`` for the
+    model's modules on the meta device (see :func:`load_model`'s ``weights``).
     """
     import torch
     from transformers import AutoConfig, AutoTokenizer
@@ -404,9 +405,14 @@ def _load_pretrained(source, what: str | None, on_part: Callable[[str], None] = 
     with _bad_input("tokenizer", what):
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     on_part("tokenizer")
+    placement = {"dtype": torch.float32, **(placement or {})}
+    skeleton = placement.pop("skeleton", False)
     with _bad_input("weights", what):
-        model = _model_class(config).from_pretrained(source, **{"dtype": torch.float32, **(placement or {})},
-                                                     **kwargs)
+        if skeleton:  # the modules on the meta device: shapes and dtype, no memory, no weights read
+            with torch.device("meta"):
+                model = _model_class(config).from_config(config, dtype=placement["dtype"])
+        else:
+            model = _model_class(config).from_pretrained(source, **placement, **kwargs)
     on_part("weights")
     return model, tokenizer
 
@@ -538,7 +544,7 @@ def _check_spec(spec) -> str:
 
 
 def load_model(model: str | os.PathLike | None = None, device="cpu", *, torch_dtype: str = "float32",
-               device_map: str | None = None, progress: bool = True) -> LoadedModel:
+               device_map: str | None = None, progress: bool = True, weights: bool = True) -> LoadedModel:
     """Load a model by alias, ``.gguf`` path, local directory or hub id.
 
     Parameters
@@ -556,6 +562,12 @@ def load_model(model: str | os.PathLike | None = None, device="cpu", *, torch_dt
         as they fit, for models larger than one device.
     progress : bool
         Report loading, and the dequantization of a GGUF model on first use.
+    weights : bool
+        ``False``: the model's modules on the meta device, without weights
+        (no memory; ``device`` and ``device_map`` are not applied), for a
+        process that needs the model's structure, config, tokenizer and
+        provenance but computes nothing, such as the coordinator of a sharded
+        export. A GGUF model is still dequantized into the cache on first use.
 
     Returns
     -------
@@ -576,14 +588,17 @@ def load_model(model: str | os.PathLike | None = None, device="cpu", *, torch_dt
     device = check_device(device)
     torch_dtype, device_map = check_placement(torch_dtype, device_map)
     progress = check_bool("progress", progress)
+    weights = check_bool("weights", weights)
     _quiet_transformers()
     (log.info if progress else log.debug)("loading model %s", spec)
     placement = {"dtype": getattr(torch, torch_dtype)}
-    if device_map is not None:
+    if not weights:
+        placement["skeleton"] = True
+    elif device_map is not None:
         placement["device_map"] = device_map
     model, tokenizer, files = _load(spec, progress, placement)
     model.eval()
-    if device_map is None:
+    if weights and device_map is None:
         model.to(device)
     provenance = {
         "ModelID": spec,

@@ -402,3 +402,22 @@ def test_bundled_gguf_hash_comes_from_the_hash_cache(smollm2, monkeypatch):
     again = models.load_model("smollm2-135m", progress=False)
     assert again.provenance == smollm2.provenance
     assert again.provenance["ModelFileKind"] == "gguf"
+
+
+@pytest.mark.parametrize("torch_dtype", ["float32", "bfloat16"])
+def test_a_model_without_weights_has_the_structure_and_provenance_of_the_loaded_one(model_dir, torch_dtype):
+    from llm2nifti.sites import find_blocks
+
+    full = load(model_dir, torch_dtype=torch_dtype)
+    bare = load(model_dir, torch_dtype=torch_dtype, weights=False)
+    assert {p.device.type for p in bare.model.parameters()} == {"meta"}
+    assert {p.dtype for p in bare.model.parameters()} == {getattr(torch, torch_dtype)}
+    assert bare.provenance == full.provenance
+    assert type(bare.model) is type(full.model)
+    shapes = {name: p.shape for name, p in full.model.named_parameters()}
+    assert {name: p.shape for name, p in bare.model.named_parameters()} == shapes
+    blocks, bare_blocks = find_blocks(full.model), find_blocks(bare.model)
+    assert (bare_blocks.n_layers, bare_blocks.n_neurons("mlp.hidden")) == (blocks.n_layers,
+                                                                            blocks.n_neurons("mlp.hidden"))
+    assert bare.tokenizer("hello")["input_ids"] == full.tokenizer("hello")["input_ids"]
+    one_line_error(ParameterError, r"`weights` must be", load, model_dir, weights="no")

@@ -66,10 +66,22 @@ def cluster():
         yield local
 
 
-def test_two_local_workers_equal_one_process(model_dir, text_file, single, tmp_path):
+def test_two_local_workers_equal_one_process(model_dir, text_file, single, tmp_path, monkeypatch):
+    import llm2nifti.workflows.export as workflow
+
+    placed = []  # the coordinator needs the model's shape, not its weights: a 70B model must not fill its RAM
+    load = workflow.load_model
+
+    def spy(*args, **kwargs):
+        loaded = load(*args, **kwargs)
+        placed.append({p.device.type for p in loaded.model.parameters()})
+        return loaded
+
+    monkeypatch.setattr(workflow, "load_model", spy)
     result = export(tmp_path / "out", str(model_dir), str(text_file), workers=2, **SETTINGS)
     assert result.n_runs == 5
     assert_same_data(single, result.out_dir)
+    assert placed == [{"meta"}]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -230,7 +230,7 @@ def export(
         sharded = workers is not None or scheduler is not None
         loaded = model if isinstance(model, LoadedModel) else load_model(  # the workers compute, not this process
             model or DEFAULT_MODEL, "cpu" if sharded else device, torch_dtype=torch_dtype,
-            device_map=None if sharded else device_map, progress=progress)
+            device_map=None if sharded else device_map, progress=progress, weights=not sharded)
         run_device = loaded.input_device
         found = find_blocks(loaded.model, blocks, down_proj)
         cap = None if max_runs is None else max_runs * run_tokens
