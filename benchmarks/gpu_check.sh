@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # One prepared run on a GPU machine: the CUDA tests, the 7B-shaped GPU export benchmark, and the export
 # benchmark on 4 and on all CPU cores (a random-init SmolLM2-shaped model). Logs go to $1 (default /tmp/gpu-check).
-# Needs llm2nifti's dependencies importable (nibabel, nilearn, isal, ...); dask is not needed.
+# Needs llm2nifti's dependencies importable. On this workplace's GPU image (Python 3.12, torch, transformers,
+# accelerate, scipy, scikit-learn, pandas there already) carry the missing ones as wheels, fetched beforehand with
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     --platform manylinux1_x86_64 --platform manylinux_2_5_x86_64 -d .whl nibabel nilearn isal gguf \
+#     dask distributed partd locket tblib zict tornado
+# and start the device command with
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 set -u
 out=${1:-/tmp/gpu-check}
 mkdir -p "$out"

@@ -233,7 +233,11 @@ def test_the_paper_preset_runs_every_decomposition_at_the_seeds_threshold(tmp_pa
         warnings.simplefilter("ignore")
         result = study(loaded, tmp_path / "paper", preset="paper", site="mlp.hidden", n_components="8,4",
                        max_runs=8, run_tokens=256, n_permutations=20, eval_tokens=256, random_controls=2,
-                       keep_points=(0,), progress=False)
+                       keep_points=(0,), compress=False, progress=False)
+    # every stage reads the export's runs as .nii (compress=False), and study.json says so
+    runs = sorted(p.name for p in (tmp_path / "paper").rglob("*_bold.nii*") if not p.name.startswith("."))
+    assert len(runs) == 8 and all(name.endswith("_bold.nii") for name in runs), runs
+    assert json.loads((tmp_path / "paper" / files.SETTINGS).read_text())["Settings"]["compress"] is False
     names = {s["name"] for s in result.results["Stages"]}
     assert {"ica-canica-k8", "ica-canica-k4", "ica-dictlearning-k8", "ica-dictlearning-k4",
             "ica-fastica-temporal-k8", "networks-canica-k8-z3.6", "networks-canica-k8-z2"} <= names
@@ -251,3 +255,14 @@ def test_a_study_that_failed_before_any_stage_can_be_rerun_with_other_settings(t
     with pytest.raises(ParameterError, match="`n_components`"):
         study("smollm2-135m", out, n_components=1, progress=False)  # refused for its value, not for the old settings
     assert files.check_settings(out, {"model": "other"}) is False
+
+
+def test_a_study_recorded_before_the_compress_setting_resumes_as_gzipped(tmp_path):
+    """Studies begun before ``compress`` existed exported .nii.gz runs: that is the value they are compared with."""
+    settings = {**study_module.study_settings("quick").to_json(), "model": "m"}
+    old = {k: v for k, v in settings.items() if k != "compress"}
+    files.write_settings(tmp_path, old)
+    files.record_stage_seconds(tmp_path, "export", 1.0)  # a stage done under the old settings
+    assert files.check_settings(tmp_path, settings) is True
+    with pytest.raises(MismatchError, match="other settings .*compress"):
+        files.check_settings(tmp_path, {**settings, "compress": False})

@@ -63,6 +63,8 @@ and paper (16 runs, K = 20 plus 10 and 40, 10 restarts, DictLearning, 2048 held-
               help="z threshold of the networks (quick: 2, llm2nifti's; paper: 3.6, the seed's).")
 @click.option("--max-runs", type=click.IntRange(min=2), default=None, help="Runs exported (preset: 8 / 16).")
 @click.option("--run-tokens", type=click.IntRange(min=1), default=None, help="Tokens per run (512).")
+@click.option("--compress/--no-compress", default=None,
+              help="Export the runs as .nii.gz (default) or .nii (faster where the CPU is the bottleneck).")
 @click.option("--keep-points", default=None,
               help="Numbers of networks kept for the keep curves, comma-separated; 0 = all (quick: 1,3,0).")
 @click.option("--random-state", type=click.IntRange(min=0), default=None, help="Seed of every random step (0).")

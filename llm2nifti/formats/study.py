@@ -58,6 +58,10 @@ def write_settings(root: Path, settings: dict) -> None:
                                  "llm2niftiVersion": __version__, "Settings": settings})
 
 
+#: Settings added after studies were first recorded, with the value every older study ran with.
+SETTINGS_ADDED = {"compress": True}
+
+
 def check_settings(root: Path, settings: dict) -> bool:
     """Whether ``root`` holds a study begun with ``settings``; raises when it was begun with others.
 
@@ -72,6 +76,7 @@ def check_settings(root: Path, settings: dict) -> bool:
     before = record.get("Settings")
     if not isinstance(before, dict):
         raise DamagedFileError(f"{path} holds no settings")
+    before = {**SETTINGS_ADDED, **before}
     changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
     if changed and not stage_seconds(root):
         return False  # no stage was completed under the old settings: nothing to protect

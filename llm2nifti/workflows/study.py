@@ -178,7 +178,7 @@ def study(model: str | LoadedModel | None = None, out: str | Path | None = None,
           dictlearning: bool | None = None, subsets: int | None = None, n_permutations: int | None = None,
           eval_tokens: int | None = None, random_controls: int | None = None, control: str | None = None,
           threshold: float | None = None, max_runs: int | None = None, run_tokens: int | None = None, keep_points=None,
-          random_state: int | None = None, overwrite: bool = False, device: str = "cpu",
+          random_state: int | None = None, compress: bool | None = None, overwrite: bool = False, device: str = "cpu",
           torch_dtype: str = "float32", device_map: str | None = None, progress: bool = True) -> StudyResult:
     """Run the seed paper's analysis on ``model`` and write every stage, a report and the verdicts into ``out``.
 
@@ -198,9 +198,10 @@ def study(model: str | LoadedModel | None = None, out: str | Path | None = None,
         An import output (``llm2nifti import``, or a localizer's mask) whose components are tested
         like the networks: ablated against matched controls, with a verdict each.
     site, n_components, n_init, max_iter, tol, dictlearning, subsets, n_permutations, eval_tokens, random_controls,
-    control, threshold, max_runs, run_tokens, keep_points, random_state
+    control, threshold, max_runs, run_tokens, keep_points, random_state, compress
         Override the preset (see :class:`StudySettings`); ``n_components`` may be a list, the
-        first being the main K.
+        first being the main K. ``compress=False`` exports the runs as ``.nii``
+        (faster where the CPU is the bottleneck; see docs/scale.md).
     overwrite : bool
         Run every stage again (each old stage output is replaced when its new one is complete).
     device, torch_dtype, device_map
@@ -223,7 +224,7 @@ def study(model: str | LoadedModel | None = None, out: str | Path | None = None,
                               eval_tokens=eval_tokens, random_controls=random_controls, control=control,
                               threshold=threshold, max_runs=max_runs, run_tokens=run_tokens,
                               keep_points=_int_tuple(keep_points, "keep_points"),
-                              random_state=random_state)
+                              random_state=random_state, compress=compress)
     extra = None if sets is None else sets if isinstance(sets, NeuronMask) else read_mask(sets, param="sets")
     export_dir = None if export is None else check_path("export", export)
     if export_dir is not None:
@@ -310,8 +311,8 @@ def _export_stage(runner: _Runner, settings: StudySettings, export_dir, the_mode
 
     def make(path: Path) -> None:
         run_export(path, the_model(), text, site=settings.site, layout=settings.layout,
-                   run_tokens=settings.run_tokens, max_runs=settings.max_runs, resume=_staging_exists(path),
-                   overwrite=runner.overwrite, device=device, progress=runner.progress)
+                   run_tokens=settings.run_tokens, max_runs=settings.max_runs, compress=settings.compress,
+                   resume=_staging_exists(path), overwrite=runner.overwrite, device=device, progress=runner.progress)
 
     def complete(path: Path) -> bool:
         if not path.is_dir():

@@ -22,8 +22,8 @@ class StudySettings:
     Attributes
     ----------
     preset : str
-    site, layout, run_tokens, max_runs
-        The export (see :func:`llm2nifti.export`).
+    site, layout, run_tokens, max_runs, compress
+        The export (see :func:`llm2nifti.export`); ``compress=False`` writes its runs as ``.nii``.
     n_components : tuple of int
         CanICA's K; the first is the main one (networks, recurrence, seed comparison, mask-eval).
     n_init, max_iter, tol
@@ -52,6 +52,7 @@ class StudySettings:
     layout: str = "brain"
     run_tokens: int = 512
     max_runs: int = 8
+    compress: bool = True
     n_components: tuple = (10,)
     n_init: int = 3
     max_iter: int = 200
@@ -80,6 +81,7 @@ class StudySettings:
         check_float("scale_factor", self.scale_factor)
         check_float("threshold", self.threshold, min_value=0, min_exclusive=True)
         check_choice("control", self.control, CONTROL_KINDS)
+        check_bool("compress", self.compress)
         check_bool("dictlearning", self.dictlearning)
         check_bool("fastica_temporal", self.fastica_temporal)
         ks = tuple(self.n_components) if not isinstance(self.n_components, int) else (self.n_components,)
