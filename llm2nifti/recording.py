@@ -65,9 +65,9 @@ def recording(blocks: Blocks, site: str, shape: tuple[int, int], offset: int = 0
         Positions before each window's first token (1 for a prepended BOS).
     out : ndarray, optional
         A C-contiguous float32 array of shape ``(batch, tokens, n_layers * n_neurons)``
-        to write into. An export passes buffers it reuses: fresh memory is
-        zeroed by the kernel on first touch, which on the model's thread costs
-        about a tenth of an export's time at ``mlp.hidden`` (docs/scale.md).
+        to write into. An export passes buffers it reuses, since the kernel
+        zeroes fresh memory on first touch, on the model's thread
+        (docs/scale.md).
 
     Yields
     ------
