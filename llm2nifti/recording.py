@@ -75,12 +75,7 @@ def recording(blocks: Blocks, site: str, shape: tuple[int, int], offset: int = 0
         Filled by the pass, column ``layer * n_neurons + neuron``.
     """
     batch, n_tokens = shape
-    full = (batch, n_tokens, blocks.n_layers * blocks.n_neurons(site))
-    if out is None:
-        out = np.empty(full, dtype=np.float32)
-    elif out.shape != full or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ValueError(f"`out` must be a C-contiguous float32 array of shape {full}, "
-                         f"got {out.dtype} {out.shape}")
+    out = _output(out, (batch, n_tokens, blocks.n_layers * blocks.n_neurons(site)))
     target = torch.from_numpy(out.reshape(batch, n_tokens, blocks.n_layers, -1))
 
     def grab(layer, tensor):
@@ -106,14 +101,21 @@ def record_runs(model, blocks: Blocks, site: str, run_ids: np.ndarray, context: 
     ndarray of shape (n_runs, run_tokens, n_layers * n_neurons), float32
     """
     n_runs, run_tokens = run_ids.shape
-    if out is None:
-        out = np.empty((n_runs, run_tokens, blocks.n_layers * blocks.n_neurons(site)), dtype=np.float32)
-    elif not out.flags.c_contiguous:
-        raise ValueError("`out` must be C-contiguous: its windows are filled through a reshaped view")
+    out = _output(out, (n_runs, run_tokens, blocks.n_layers * blocks.n_neurons(site)))
     windows = run_ids.reshape(-1, context)
     by_window = out.reshape(len(windows), context, -1)  # a view: each batch of windows fills its slice
     for i in range(0, len(windows), batch_size):
         record(model, blocks, site, windows[i:i + batch_size], bos_id, device, out=by_window[i:i + batch_size])
+    return out
+
+
+def _output(out: np.ndarray | None, shape: tuple[int, int, int]) -> np.ndarray:
+    """``out`` checked to be a C-contiguous float32 array of ``shape`` (filled through views), or a new one."""
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    if out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"`out` must be a C-contiguous float32 array of shape {shape}, got "
+                         f"{'a non-contiguous ' if not out.flags.c_contiguous else ''}{out.dtype} {out.shape}")
     return out
 
 
