@@ -100,26 +100,25 @@ def tiny_llama():
     return make_tiny("llama")
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory):
-    """A tiny Llama saved as a local Hugging Face directory (for CLI tests)."""
-    loaded = make_tiny("llama")
-    path = tmp_path_factory.mktemp("models") / "tiny-llama"
+def save_tiny(arch: str, path):
+    """:func:`make_tiny` of ``arch`` saved as a local Hugging Face directory at ``path``; returns ``path``."""
+    loaded = make_tiny(arch)
     loaded.model.save_pretrained(path)
     loaded.tokenizer.save_pretrained(path)
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A tiny Llama saved as a local Hugging Face directory (for CLI tests)."""
+    return save_tiny("llama", tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory):
     """Tiny models saved as Hugging Face directories, so they are loaded by name (with device, dtype and device map)."""
-    def save(arch):
-        path = tmp_path_factory.mktemp("models") / f"tiny-{arch}"
-        loaded = make_tiny(arch)
-        loaded.model.save_pretrained(path)
-        loaded.tokenizer.save_pretrained(path)
-        return path
-    return {arch: save(arch) for arch in ("llama", "gpt2", "gemma3")}
+    return {arch: save_tiny(arch, tmp_path_factory.mktemp("models") / f"tiny-{arch}")
+            for arch in ("llama", "gpt2", "gemma3")}
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny
+from conftest import make_tiny, save_tiny
 
 from llm2nifti import export, transaction
 from llm2nifti.errors import Llm2niftiError, ParameterError
@@ -23,11 +23,7 @@ SETTINGS = dict(site="mlp.hidden", run_tokens=32, max_runs=5, batch_size=1, prog
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "tiny-llama"
-    loaded = make_tiny("llama")
-    loaded.model.save_pretrained(path)
-    loaded.tokenizer.save_pretrained(path)
-    return path
+    return save_tiny("llama", tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 @pytest.fixture(scope="module")
